@@ -1,0 +1,105 @@
+"""Checkpoints as ``.npz`` archives: no pickle, so loading one cannot run code.
+
+Each array is stored under its pytree path (``fc1/kernel``); a JSON string under
+``__metadata__`` holds the caller's metadata (epoch, validation loss, ...). Writes are atomic:
+the archive is written to a temporary file in the same directory, flushed to disk, and renamed
+over the target, so an interrupted save leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+__all__ = ["save", "load", "flatten", "unflatten_into", "CheckpointError"]
+
+_METADATA = "__metadata__"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, truncated, corrupted, or does not match the expected state."""
+
+
+def _key_name(key: Any) -> str:
+    for attribute in ("key", "name", "idx"):
+        if hasattr(key, attribute):
+            return str(getattr(key, attribute))
+    return str(key)
+
+
+def flatten(tree: Any) -> dict[str, np.ndarray]:
+    """``{"fc1/kernel": array, ...}`` for any pytree (NNX ``Variable.value`` hops dropped)."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    flat = {}
+    for path, leaf in leaves:
+        names = [_key_name(k) for k in path]
+        if names and names[-1] == "value":
+            names = names[:-1]
+        flat["/".join(names)] = np.asarray(leaf)
+    return flat
+
+
+def unflatten_into(template: Any, flat: Mapping[str, np.ndarray]) -> Any:
+    """Rebuild ``template``'s structure with the arrays of ``flat``; every key must match."""
+    expected = flatten(template)
+    missing = sorted(set(expected) - set(flat))
+    unexpected = sorted(set(flat) - set(expected))
+    shapes = [
+        f"{k}: checkpoint {tuple(flat[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in flat and tuple(flat[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {', '.join(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {', '.join(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatches: {'; '.join(shapes)}")
+        raise CheckpointError("checkpoint does not match the state: " + " | ".join(parts))
+    treedef = jax.tree.structure(template)
+    return jax.tree.unflatten(treedef, [flat[k] for k in expected])
+
+
+def save(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, Any] | None = None) -> None:
+    """Write ``arrays`` and JSON ``metadata`` to ``path`` atomically."""
+    path = Path(path)
+    if _METADATA in arrays:
+        raise ValueError(f"{_METADATA!r} is reserved")
+    payload = {k: np.asarray(v) for k, v in arrays.items()}
+    payload[_METADATA] = np.asarray(json.dumps(dict(metadata or {})))
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            np.savez(handle, **payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def load(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read a checkpoint written by :func:`save`: ``(arrays, metadata)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {k: archive[k] for k in archive.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupted?): {error}") from None
+    if _METADATA not in arrays:
+        raise CheckpointError(f"{path} has no {_METADATA} entry: not written by jax_impl.checkpoint")
+    metadata = json.loads(str(arrays.pop(_METADATA)))
+    return arrays, metadata

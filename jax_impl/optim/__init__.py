@@ -1,0 +1,58 @@
+"""torch.optim optimizers with PyTorch's exact semantics, as optax transformations.
+
+>>> from jax_impl.optim import from_torch
+>>> tx = from_torch("SGD(lr=0.01, momentum=0.9)")   # an optax.GradientTransformation
+
+Every optimizer is wrapped in ``optax.inject_hyperparams``, so ``state.hyperparams`` holds
+torch's param-group values (``lr``, ``momentum``, ...) under torch's names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import optax
+
+from jax_impl.optim._base import (
+    IMPLEMENTATION_ONLY,
+    replace_torch_state_fields,
+    set_update_count,
+    torch_state_fields,
+)
+from jax_impl.optim.adam import Adam, AdamState, AdamW, adam
+from jax_impl.optim.sgd import SGD, SGDState, sgd
+from jax_impl.spec import CallSpec, SpecError, bind_call, build_from_registry
+
+__all__ = [
+    "from_torch", "OPTIMIZERS", "IMPLEMENTATION_ONLY",
+    "sgd", "SGD", "SGDState", "adam", "Adam", "AdamW", "AdamState",
+    "torch_state_fields", "replace_torch_state_fields", "set_update_count",
+]
+
+#: torch.optim class name -> builder with that class's constructor signature and defaults.
+OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
+    "SGD": SGD,
+    "Adam": Adam,
+    "AdamW": AdamW,
+}
+
+
+def from_torch(spec: str | CallSpec, *, lr: Any = None) -> optax.GradientTransformation:
+    """Build the optax transformation matching a torch.optim spec such as ``"Adam(lr=3e-4)"``.
+
+    ``lr`` replaces the spec's learning rate, typically with a schedule from
+    :func:`jax_impl.schedules.from_torch` (a callable of the update count).
+
+    Raises :class:`~jax_impl.spec.SpecError` (a ``ValueError``) naming the unknown optimizer,
+    the unknown argument, or the invalid value.
+    """
+    builder, call = build_from_registry(spec, OPTIMIZERS, kind="optimizer")
+    kwargs = bind_call(call, builder, kind="optimizer", skip=("params",))
+    try:
+        transform = builder(**kwargs)  # validates the values the spec gave
+        if lr is not None:
+            transform = builder(**{**kwargs, "lr": lr})
+    except (TypeError, ValueError) as error:
+        raise SpecError(f"optimizer {call}: {error}") from None
+    return transform

@@ -1,0 +1,179 @@
+"""Comparing two :class:`~parity.trace.StepTrace` s under one tolerance table.
+
+The tolerance table is keyed by (stage, dtype) and always sets both ``rtol`` and ``atol``:
+an element passes when ``|jax - torch| <= atol + rtol * |torch|`` (torch.testing's rule, with
+torch as the expected side; NaN equals NaN, infinities must match).
+
+- float64 is the semantic check: the same formula computed twice agrees to about 1e-12
+  relative, so anything larger is a real difference in what is computed.
+- float32 in resync mode: each step starts from identical numbers, so only the rounding of
+  one step separates the sides (matmul summation order, FMA vs two roundings): a few units
+  in the last place times the conditioning of the quantity.
+- free mode: both sides run on their own, rounding differences compound, and the budget grows
+  linearly with the step count (``scale = 1 + step``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import numpy as np
+
+from parity.trace import STAGES, StepTrace
+
+__all__ = ["Tolerance", "TOLERANCES", "tolerance", "TensorError", "StageResult",
+           "StepComparison", "compare_tensors", "compare_steps"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerance:
+    rtol: float
+    atol: float
+    reason: str
+
+    def scaled(self, factor: float) -> "Tolerance":
+        return Tolerance(self.rtol * factor, self.atol * factor, self.reason)
+
+
+_F64 = "float64: equal formulas agree to ~1e-12 relative; more is a semantic difference"
+_F32_FWD = "float32: matmul summation order differs between torch and XLA (~1 ulp per dot)"
+_F32_UPD = "float32: torch fuses p.add_(u, alpha=-lr) into one rounding, optax rounds twice"
+
+#: (stage, dtype) -> Tolerance.
+TOLERANCES: dict[tuple[str, str], Tolerance] = {
+    **{(stage, "float64"): Tolerance(1e-12, 1e-14, _F64) for stage in STAGES},
+    ("loss", "float32"): Tolerance(1e-5, 1e-6, _F32_FWD),
+    ("gradient", "float32"): Tolerance(1e-4, 1e-6, _F32_FWD + "; small gradients lose relative accuracy to cancellation"),
+    ("lr", "float32"): Tolerance(1e-6, 0.0, "float32: the lr is a float32 scalar on both sides"),
+    ("optimizer_state", "float32"): Tolerance(1e-4, 1e-6, _F32_FWD + ", inherited from the gradients"),
+    ("parameters", "float32"): Tolerance(1e-5, 1e-6, _F32_UPD),
+    ("buffers", "float32"): Tolerance(1e-5, 1e-6, _F32_FWD),
+}
+
+
+def tolerance(stage: str, dtype: str, *, step: int = 0, mode: str = "resync") -> Tolerance:
+    """The tolerance for ``stage`` in ``dtype``; in free mode it grows with the step count."""
+    base = TOLERANCES[(stage, dtype)]
+    return base.scaled(1.0 + step) if mode == "free" else base
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorError:
+    """How one tensor differs between the sides."""
+
+    name: str
+    ok: bool
+    max_abs: float  # largest |jax - torch|
+    max_rel: float  # largest |jax - torch| / |torch|
+    index: tuple[int, ...]  # where the largest absolute difference is
+    mismatched: int  # elements outside tolerance
+    size: int
+    torch_value: float = float("nan")  # the two values at ``index``
+    jax_value: float = float("nan")
+    problem: str = ""  # a structural problem: missing on one side, shape mismatch
+
+    def describe(self) -> str:
+        if self.problem:
+            return f"{self.name}: {self.problem}"
+        where = f"[{', '.join(map(str, self.index))}]" if self.index else ""
+        return (
+            f"{self.name}{where}: torch {self.torch_value:.10g} vs jax {self.jax_value:.10g}; "
+            f"max abs err {self.max_abs:.3g}, max rel err {self.max_rel:.3g}; "
+            f"{self.mismatched}/{self.size} elements outside tolerance"
+        )
+
+
+def compare_tensors(name: str, torch_value, jax_value, tol: Tolerance) -> TensorError:
+    expected = np.asarray(torch_value, dtype=np.float64)
+    actual = np.asarray(jax_value, dtype=np.float64)
+    if expected.shape != actual.shape:
+        return TensorError(name, False, np.inf, np.inf, (), expected.size, expected.size,
+                           problem=f"shape differs: torch {expected.shape} vs jax {actual.shape}")
+    both_nan = np.isnan(expected) & np.isnan(actual)
+    same_inf = np.isinf(expected) & (expected == actual)
+    with np.errstate(invalid="ignore", over="ignore"):
+        difference = np.where(both_nan | same_inf, 0.0, np.abs(actual - expected))
+        difference = np.where(np.isnan(difference), np.inf, difference)
+        scale = np.abs(expected)
+        relative = np.where(difference == 0, 0.0,
+                            np.divide(difference, scale, out=np.full_like(difference, np.inf), where=scale > 0))
+    bad = difference > tol.atol + tol.rtol * np.where(np.isfinite(scale), scale, 0.0)
+    if expected.size == 0:
+        return TensorError(name, True, 0.0, 0.0, (), 0, 0)
+    flat = int(np.argmax(difference))
+    index = tuple(int(i) for i in np.unravel_index(flat, expected.shape))
+    return TensorError(
+        name, not bad.any(), float(difference.max()), float(relative.max()), index,
+        int(bad.sum()), expected.size, float(expected.flat[flat]), float(actual.flat[flat]),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class StageResult:
+    stage: str
+    tensors: tuple[TensorError, ...]  # in torch's order
+    tolerance: Tolerance
+
+    @property
+    def ok(self) -> bool:
+        return all(t.ok for t in self.tensors)
+
+    @property
+    def first_failure(self) -> TensorError | None:
+        return next((t for t in self.tensors if not t.ok), None)
+
+    @property
+    def max_abs(self) -> float:
+        return max((t.max_abs for t in self.tensors), default=0.0)
+
+    @property
+    def max_rel(self) -> float:
+        return max((t.max_rel for t in self.tensors), default=0.0)
+
+
+def _compare_stage(stage: str, torch_side: Mapping, jax_side: Mapping, tol: Tolerance) -> StageResult:
+    results = []
+    for name in list(torch_side) + [k for k in jax_side if k not in torch_side]:
+        if name not in jax_side:
+            results.append(TensorError(name, False, np.inf, np.inf, (), 1, 1, problem="missing on the JAX side"))
+        elif name not in torch_side:
+            results.append(TensorError(name, False, np.inf, np.inf, (), 1, 1, problem="missing on the torch side"))
+        else:
+            results.append(compare_tensors(name, torch_side[name], jax_side[name], tol))
+    return StageResult(stage, tuple(results), tol)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepComparison:
+    step: int  # 0-based optimizer step over the whole run
+    epoch: int
+    torch_loss: float
+    jax_loss: float
+    torch_lr: float
+    jax_lr: float
+    stages: dict[str, StageResult]
+
+    @property
+    def ok(self) -> bool:
+        return all(s.ok for s in self.stages.values())
+
+    @property
+    def first_failure(self) -> tuple[str, TensorError] | None:
+        """The earliest diverging stage of this step and its first diverging tensor."""
+        for stage in STAGES:
+            failure = self.stages[stage].first_failure
+            if failure is not None:
+                return stage, failure
+        return None
+
+
+def compare_steps(step: int, epoch: int, torch_trace: StepTrace, jax_trace: StepTrace,
+                  dtype: str, mode: str = "resync") -> StepComparison:
+    stages = {
+        stage: _compare_stage(stage, torch_trace.stage(stage), jax_trace.stage(stage),
+                              tolerance(stage, dtype, step=step, mode=mode))
+        for stage in STAGES
+    }
+    return StepComparison(step, epoch, float(torch_trace.loss), float(jax_trace.loss),
+                          float(torch_trace.lr), float(jax_trace.lr), stages)

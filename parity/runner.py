@@ -1,0 +1,294 @@
+"""The parity harness: both training loops on identical batches, compared after every step.
+
+Two entry points:
+
+- :func:`run` takes a :class:`~parity.spec.RunSpec` (what ``parity run`` does);
+- :func:`check_port` takes *your* torch module and NNX module, the loss, optimizer and
+  scheduler specs and your batches: the way to check a port of your own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import torch
+from flax import nnx
+
+import jax_impl
+import jax_impl.losses
+import jax_impl.optim
+import jax_impl.schedules
+from jax_impl.loop import evaluate as jax_evaluate
+from jax_impl.spec import SpecError
+from jax_impl.step import TrainState, make_eval_step, make_train_step
+from parity import convert, data
+from parity.compare import StepComparison, compare_steps, compare_tensors, tolerance
+from parity.spec import DTYPES, RunSpec, build_models, build_torch_loss, build_torch_optimizer, build_torch_scheduler
+from parity.trace import StepTrace
+from torch_ref import loop as torch_loop
+
+__all__ = ["EpochSummary", "ParityReport", "check_port", "run"]
+
+Batch = tuple[np.ndarray, np.ndarray]
+Progress = Callable[[StepComparison], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochSummary:
+    epoch: int
+    torch_train_loss: float  # mean per-batch training loss, as the seed's loop prints it
+    jax_train_loss: float
+    torch_val_loss: float | None = None
+    jax_val_loss: float | None = None
+    torch_val_accuracy: float | None = None
+    jax_val_accuracy: float | None = None
+    val_ok: bool = True  # validation losses within the loss tolerance
+
+
+@dataclasses.dataclass(frozen=True)
+class ParityReport:
+    config: dict[str, Any]
+    dtype: str
+    mode: str
+    steps: list[StepComparison]
+    epochs: list[EpochSummary]
+    seconds: float
+    versions: dict[str, str]
+
+    @property
+    def ok(self) -> bool:
+        return all(s.ok for s in self.steps) and all(e.val_ok for e in self.epochs)
+
+    @property
+    def first_divergence(self) -> tuple[StepComparison, str, Any] | None:
+        """``(step, stage, tensor error)`` of the first diverging step, or None."""
+        for step in self.steps:
+            failure = step.first_failure
+            if failure is not None:
+                return step, failure[0], failure[1]
+        return None
+
+
+def versions() -> dict[str, str]:
+    import flax
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "jax": jax.__version__,
+            "flax": flax.__version__, "optax": optax.__version__, "numpy": np.__version__,
+            "project": jax_impl.__version__}
+
+
+def _dtype_name(model: torch.nn.Module) -> str:
+    dtypes = {p.dtype for p in model.parameters()}
+    for name, (torch_dtype, _, _) in DTYPES.items():
+        if dtypes == {torch_dtype}:
+            return name
+    raise SpecError(f"the torch model's parameters must all be float32 or float64, got {sorted(map(str, dtypes))}")
+
+
+def _check_jax_dtype(params: nnx.State, dtype: str) -> None:
+    expected = DTYPES[dtype][1]
+    wrong = [f"{path} is {leaf.dtype}" for path, leaf in _flat(params).items() if leaf.dtype != expected]
+    if wrong:
+        raise SpecError(f"the JAX model must be {dtype} like the torch model (pass param_dtype): {'; '.join(wrong)}")
+
+
+def _flat(tree) -> dict[str, np.ndarray]:
+    from jax_impl.checkpoint import flatten
+
+    return flatten(tree)
+
+
+def _epoch_lengths(epochs: Sequence[Sequence[Batch]], interval: str) -> int | None:
+    lengths = {len(batches) for batches in epochs}
+    if 0 in lengths:
+        raise SpecError("every epoch needs at least one batch")
+    if interval == "step":
+        return None
+    if len(lengths) != 1:
+        raise SpecError(
+            f"a per-epoch scheduler needs the same number of batches in every epoch, got {sorted(lengths)}"
+        )
+    return lengths.pop()
+
+
+def check_port(
+    torch_model: torch.nn.Module,
+    jax_model: nnx.Module,
+    *,
+    loss: str | tuple[Callable, Callable],
+    optimizer: str,
+    epochs: Sequence[Sequence[Batch]],
+    scheduler: str | None = None,
+    scheduler_interval: str = "epoch",
+    val_batches: Sequence[Batch] | None = None,
+    converter: convert.Converter | None = None,
+    mode: str = "resync",
+    progress: Progress | None = None,
+    config: dict[str, Any] | None = None,
+) -> ParityReport:
+    """Train ``torch_model`` and ``jax_model`` side by side and compare every step.
+
+    The JAX model's variables are first overwritten with the torch model's (through
+    ``converter``, by default :meth:`Converter.from_torch_module`), so both start equal.
+
+    Args:
+      loss: a torch loss spec (``"CrossEntropyLoss()"``) or a ``(torch_fn, jax_fn)`` pair of
+        functions of ``(outputs, targets)``.
+      optimizer, scheduler: torch spec strings; each side builds its own from the same text.
+      epochs: the batches of each epoch, numpy ``(inputs, targets)``; dtype follows the models.
+      scheduler_interval: ``"epoch"`` or ``"step"``: when ``scheduler.step()`` runs.
+      val_batches: validated after every epoch on both sides (eval mode, no gradients).
+      mode: ``"resync"`` resets the JAX state from torch after every step (localises a
+        difference to one step); ``"free"`` lets both run on their own.
+    """
+    if mode not in ("resync", "free"):
+        raise SpecError(f"mode must be resync or free, got {mode!r}")
+    if scheduler_interval not in ("epoch", "step"):
+        raise SpecError(f"scheduler_interval must be epoch or step, got {scheduler_interval!r}")
+    steps_per_epoch = _epoch_lengths(epochs, scheduler_interval)
+    dtype = _dtype_name(torch_model)
+    torch_dtype, _, numpy_dtype = DTYPES[dtype]
+    converter = converter or convert.Converter.from_torch_module(torch_model)
+    names = {parameter: name for name, parameter in torch_model.named_parameters()}
+
+    # torch side, exactly as a PyTorch user builds it
+    if isinstance(loss, str):
+        torch_criterion, jax_loss = build_torch_loss(loss, dtype), jax_impl.losses.from_torch(loss)
+    else:
+        torch_criterion, jax_loss = loss
+    torch_optimizer = build_torch_optimizer(optimizer, torch_model.parameters())
+    torch_scheduler = build_torch_scheduler(scheduler, torch_optimizer) if scheduler else None
+
+    # JAX side, built from the same specs by jax_impl alone
+    graphdef, params, rest = nnx.split(jax_model, nnx.Param, ...)
+    _check_jax_dtype(params, dtype)
+    params = converter.to_jax(_torch_params(torch_model), params, what="parameters")
+    rest = converter.to_jax(_torch_buffers(torch_model), rest, what="buffers")
+    tx = jax_impl.optim.from_torch(optimizer)
+    if scheduler:
+        base_lr = float(tx.init(params).hyperparams["lr"])
+        schedule = jax_impl.schedules.from_torch(scheduler, base_lr, steps_per_epoch)
+        tx = jax_impl.optim.from_torch(optimizer, lr=schedule)
+    state = TrainState(params, rest, tx.init(params))
+    train_step = make_train_step(graphdef, jax_loss, tx, with_grads=True)
+    eval_step = make_eval_step(graphdef, jax_loss)
+
+    def to_torch(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, targets = batch
+        return torch.from_numpy(np.asarray(inputs, numpy_dtype)), torch.from_numpy(np.asarray(targets))
+
+    def to_jax(batch: Batch) -> tuple[jax.Array, jax.Array]:
+        inputs, targets = batch
+        return jnp.asarray(np.asarray(inputs, numpy_dtype)), jnp.asarray(targets)
+
+    started = time.perf_counter()
+    comparisons: list[StepComparison] = []
+    summaries: list[EpochSummary] = []
+    step = 0
+    for epoch, batches in enumerate(epochs):
+        torch_losses, jax_losses = [], []
+        for batch in batches:
+            # torch: the user's loop, with the gradients read just before optimizer.step()
+            torch_lr = float(torch_optimizer.param_groups[0]["lr"])
+            captured: dict[str, np.ndarray] = {}
+
+            def read_grads() -> None:
+                captured.update({name: convert.to_numpy(p.grad) for p, name in names.items() if p.grad is not None})
+
+            torch_loss, _ = torch_loop.train_step(
+                torch_model, torch_criterion, torch_optimizer, *to_torch(batch), before_step=read_grads
+            )
+            torch_trace = StepTrace(
+                loss=float(torch_loss.item()),
+                lr=torch_lr,
+                grads=captured,
+                optimizer_state=convert.torch_optimizer_state(torch_optimizer, names, step + 1),
+                params=_torch_params(torch_model),
+                buffers=_torch_buffers(torch_model),
+            )
+            if torch_scheduler is not None and scheduler_interval == "step":
+                torch_scheduler.step()
+
+            # JAX: the compiled functional step
+            state, metrics = train_step(state, to_jax(batch))
+            jax_trace = StepTrace(
+                loss=float(metrics["loss"]),
+                lr=float(metrics["lr"]),
+                grads=converter.to_torch(metrics["grads"]),
+                optimizer_state=convert.jax_optimizer_state(state.opt_state, converter),
+                params=converter.to_torch(state.params),
+                buffers=converter.to_torch(state.rest),
+            )
+            comparison = compare_steps(step, epoch, torch_trace, jax_trace, dtype, mode)
+            comparisons.append(comparison)
+            torch_losses.append(torch_trace.loss)
+            jax_losses.append(jax_trace.loss)
+            step += 1
+            if mode == "resync":
+                state = TrainState(
+                    converter.to_jax(torch_trace.params, state.params, what="parameters"),
+                    converter.to_jax(torch_trace.buffers, state.rest, what="buffers"),
+                    convert.load_torch_optimizer_state(state.opt_state, torch_optimizer, names, converter, step),
+                )
+            if progress is not None:
+                progress(comparison)
+        if torch_scheduler is not None and scheduler_interval == "epoch":
+            torch_scheduler.step()
+        summary = EpochSummary(epoch, float(np.mean(torch_losses)), float(np.mean(jax_losses)))
+        if val_batches is not None:
+            torch_val = torch_loop.evaluate(torch_model, torch_criterion, (to_torch(b) for b in val_batches))
+            jax_val = jax_evaluate(eval_step, state, (to_jax(b) for b in val_batches))
+            tol = tolerance("loss", dtype, step=step, mode=mode)
+            val_ok = compare_tensors("val_loss", torch_val[0], jax_val[0], tol).ok
+            summary = dataclasses.replace(
+                summary, torch_val_loss=torch_val[0], jax_val_loss=jax_val[0],
+                torch_val_accuracy=torch_val[1], jax_val_accuracy=jax_val[1], val_ok=val_ok,
+            )
+        summaries.append(summary)
+    config = dict(config or {}) | {"optimizer": optimizer, "scheduler": scheduler,
+                                   "scheduler_interval": scheduler_interval, "mode": mode, "dtype": dtype}
+    return ParityReport(config, dtype, mode, comparisons, summaries, time.perf_counter() - started, versions())
+
+
+def _torch_params(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {name: convert.to_numpy(p) for name, p in model.named_parameters()}
+
+
+def _torch_buffers(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {name: convert.to_numpy(b) for name, b in model.named_buffers()}
+
+
+def run(spec: RunSpec, progress: Progress | None = None) -> ParityReport:
+    """Run the configuration ``spec`` describes (data, models, components) through :func:`check_port`."""
+    dataset = data.load(spec.data, spec.seed)
+    torch_model, jax_model = build_models(
+        spec.model, input_size=dataset.input_size, num_classes=dataset.num_classes,
+        seed=spec.seed, dtype=spec.dtype,
+    )
+    available = dataset.batches_per_epoch(spec.batch_size)
+    if spec.steps_per_epoch is not None and spec.steps_per_epoch > available:
+        raise SpecError(
+            f"steps_per_epoch={spec.steps_per_epoch} exceeds the {available} batches of size "
+            f"{spec.batch_size} in the training split ({len(dataset.x_train)} samples of {dataset.name})"
+        )
+    numpy_dtype = DTYPES[spec.dtype][2]
+    epochs = [
+        list(dataset.train_batches(epoch, spec.batch_size, spec.seed, spec.steps_per_epoch, numpy_dtype))
+        for epoch in range(spec.epochs)
+    ]
+    val_batches = list(dataset.val_batches(spec.batch_size, numpy_dtype))
+    return check_port(
+        torch_model, jax_model, loss=spec.loss, optimizer=spec.optimizer, epochs=epochs,
+        scheduler=spec.scheduler, scheduler_interval=spec.scheduler_interval,
+        val_batches=val_batches, mode=spec.mode, progress=progress,
+        config=spec.to_dict() | {"data_name": dataset.name, "train_samples": len(dataset.x_train),
+                                 "val_samples": len(dataset.x_val)},
+    )

@@ -1,0 +1,155 @@
+"""What a parity run is: a :class:`RunSpec`, and the builders that turn its PyTorch-style spec
+strings into matched torch and JAX components.
+
+Every component is named the way a PyTorch user writes it (``"SGD(lr=0.01, momentum=0.9)"``)
+and parsed with ``ast`` (:mod:`jax_impl.spec`); nothing is evaluated. Both sides are built
+from the same string, so an argument either framework rejects is an error before any step runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+import torch
+from flax import nnx
+
+import jax_impl.losses
+import jax_impl.models
+import jax_impl.optim
+import jax_impl.schedules
+import torch_ref.models
+from jax_impl.spec import CallSpec, SpecError, bind_call, build_from_registry, parse_call
+
+__all__ = ["RunSpec", "SpecError", "DTYPES", "build_models", "build_torch_optimizer",
+           "build_torch_scheduler", "build_torch_loss"]
+
+DTYPES = {"float32": (torch.float32, jnp.float32, np.float32), "float64": (torch.float64, jnp.float64, np.float64)}
+MODES = ("resync", "free")
+INTERVALS = ("epoch", "step")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One parity run. Defaults are the seed's configuration on the embedded digits data."""
+
+    model: str = "SimpleNN"
+    loss: str = "CrossEntropyLoss()"
+    optimizer: str = "SGD(lr=0.01, momentum=0.9)"
+    scheduler: str | None = "StepLR(step_size=2, gamma=0.1)"
+    scheduler_interval: str = "epoch"  # when scheduler.step() is called: "epoch" or "step"
+    epochs: int = 3
+    steps_per_epoch: int | None = None  # None: one full pass over the training split
+    batch_size: int = 64
+    seed: int = 0
+    dtype: str = "float32"
+    mode: str = "resync"  # "resync": reset JAX from torch after every step; "free": no reset
+    data: str = "digits"  # "digits", "synthetic" or a path to an .npz file
+
+    def __post_init__(self) -> None:
+        for key in ("model", "loss", "optimizer", "scheduler"):
+            value = getattr(self, key)
+            if value is None and key == "scheduler":
+                continue
+            if not isinstance(value, str):
+                raise SpecError(f"{key} must be a spec string such as 'SGD(lr=0.01)', got {value!r}")
+            parse_call(value)  # raises on a malformed spec
+        _choice("scheduler_interval", self.scheduler_interval, INTERVALS)
+        _choice("dtype", self.dtype, tuple(DTYPES))
+        _choice("mode", self.mode, MODES)
+        _positive("epochs", self.epochs)
+        _positive("batch_size", self.batch_size)
+        if self.steps_per_epoch is not None:
+            _positive("steps_per_epoch", self.steps_per_epoch)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise SpecError(f"seed must be a non-negative integer, got {self.seed!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise SpecError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _positive(key: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise SpecError(f"{key} must be a positive integer, got {value!r}")
+
+
+def _torch_kwargs(call: CallSpec, cls: type, kind: str, skip: tuple[str, ...]) -> dict[str, Any]:
+    return bind_call(call, cls.__init__, kind=kind, skip=("self",) + skip)
+
+
+def build_models(
+    spec: str, *, input_size: int, num_classes: int, seed: int, dtype: str
+) -> tuple[torch.nn.Module, nnx.Module]:
+    """The torch model (seeded torch initialisation) and its NNX twin (any initialisation;
+    the harness overwrites it with the converted torch weights)."""
+    torch_cls, call = build_from_registry(spec, torch_ref.models.MODELS, kind="model")
+    jax_cls, _ = build_from_registry(call, jax_impl.models.MODELS, kind="model")
+    kwargs = _torch_kwargs(call, torch_cls, "model", ())
+    given = {"input_size": input_size, "num_classes": num_classes}
+    for key, value in given.items():
+        if key in kwargs and kwargs[key] != value:
+            raise SpecError(f"model {call}: {key}={kwargs[key]} but the data has {value}")
+    parameters = inspect.signature(torch_cls.__init__).parameters
+    kwargs |= {k: v for k, v in given.items() if k in parameters}
+    torch_dtype, jax_dtype, _ = DTYPES[dtype]
+    try:
+        torch.manual_seed(seed)
+        torch_model = torch_cls(**kwargs).to(torch_dtype)
+        jax_model = jax_cls(**kwargs, rngs=nnx.Rngs(seed), param_dtype=jax_dtype)
+    except (TypeError, ValueError) as error:
+        raise SpecError(f"model {call}: {error}") from None
+    return torch_model, jax_model
+
+
+def _torch_class(module: Any, call: CallSpec, kind: str, registry: dict) -> type:
+    """The torch class of a spec; it must also be one the JAX side supports."""
+    build_from_registry(call, registry, kind=kind)  # unsupported on the JAX side: clear error
+    cls = getattr(module, call.name, None)
+    if not isinstance(cls, type):
+        raise SpecError(f"{kind} {call.name!r} does not exist in the installed torch {torch.__version__}")
+    return cls
+
+
+def build_torch_optimizer(spec: str, params) -> torch.optim.Optimizer:
+    call = parse_call(spec)
+    cls = _torch_class(torch.optim, call, "optimizer", jax_impl.optim.OPTIMIZERS)
+    kwargs = _torch_kwargs(call, cls, "optimizer", ("params",))
+    try:
+        return cls(params, **kwargs)
+    except (TypeError, ValueError) as error:
+        raise SpecError(f"optimizer {call}: {error}") from None
+
+
+def build_torch_scheduler(spec: str, optimizer: torch.optim.Optimizer):
+    call = parse_call(spec)
+    cls = _torch_class(torch.optim.lr_scheduler, call, "scheduler", jax_impl.schedules.SCHEDULERS)
+    kwargs = _torch_kwargs(call, cls, "scheduler", ("optimizer",))
+    try:
+        return cls(optimizer, **kwargs)
+    except (TypeError, ValueError) as error:
+        raise SpecError(f"scheduler {call}: {error}") from None
+
+
+_TENSOR_ARGUMENTS = ("weight", "pos_weight")
+
+
+def build_torch_loss(spec: str, dtype: str) -> torch.nn.Module:
+    call = parse_call(spec)
+    cls = _torch_class(torch.nn, call, "loss", jax_impl.losses.LOSSES)
+    kwargs = _torch_kwargs(call, cls, "loss", ())
+    torch_dtype = DTYPES[dtype][0]
+    for key in _TENSOR_ARGUMENTS:
+        if isinstance(kwargs.get(key), (list, tuple)):
+            kwargs[key] = torch.tensor(kwargs[key], dtype=torch_dtype)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise SpecError(f"loss {call}: {error}") from None

@@ -1,0 +1,42 @@
+"""What one training step leaves behind, per framework, in torch's names and layouts."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+__all__ = ["StepTrace", "STAGES"]
+
+#: The stages of one step, in the order a step computes them. A divergence is reported at the
+#: earliest stage that differs, since later stages inherit the difference.
+STAGES = ("loss", "gradient", "lr", "optimizer_state", "parameters", "buffers")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepTrace:
+    """One side's record of one optimizer step.
+
+    ``grads`` are the gradients as the optimizer receives them; ``lr`` is the learning rate
+    this update used (``optimizer.param_groups[0]['lr']`` before ``step()``); the optimizer
+    state, parameters and buffers are read after the step. Keys are torch names
+    (``fc1.weight``; optimizer state ``fc1.weight:momentum_buffer``).
+    """
+
+    loss: float
+    lr: float
+    grads: dict[str, np.ndarray]
+    optimizer_state: dict[str, np.ndarray]
+    params: dict[str, np.ndarray]
+    buffers: dict[str, np.ndarray]
+
+    def stage(self, name: str) -> dict[str, np.ndarray]:
+        """The tensors of one stage, by torch name."""
+        return {
+            "loss": lambda: {"loss": np.asarray(self.loss)},
+            "gradient": lambda: self.grads,
+            "lr": lambda: {"lr": np.asarray(self.lr)},
+            "optimizer_state": lambda: self.optimizer_state,
+            "parameters": lambda: self.params,
+            "buffers": lambda: self.buffers,
+        }[name]()

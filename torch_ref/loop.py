@@ -1,0 +1,133 @@
+"""The stateful PyTorch training loop, as the seed writes it.
+
+``train_step`` is one iteration (``zero_grad``, forward, loss, ``backward``, ``step``);
+``train`` and ``train_with_validation`` are the epoch loops around it, with the scheduler
+stepped per epoch or per iteration and the best model saved whenever validation loss improves.
+The parity harness drives ``train_step`` and ``evaluate`` themselves, so what it checks is
+this loop, not a copy of it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["train_step", "evaluate", "train", "train_with_validation", "save_state_dict"]
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+def train_step(
+    model: nn.Module,
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    before_step: Callable[[], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step; returns ``(loss, outputs)``.
+
+    ``before_step`` runs after ``backward()`` and before ``optimizer.step()``: the point
+    where gradients are exactly what the optimizer will see.
+    """
+    model.train()
+    optimizer.zero_grad()
+    outputs = model(inputs)
+    loss = criterion(outputs, targets)
+    loss.backward()
+    if before_step is not None:
+        before_step()
+    optimizer.step()
+    return loss, outputs
+
+
+def evaluate(model: nn.Module, criterion, batches: Batches) -> tuple[float, float]:
+    """Validation as the seed writes it: eval mode, no gradients, mean batch loss and accuracy."""
+    model.eval()
+    val_loss, correct, total, count = 0.0, 0, 0, 0
+    with torch.no_grad():
+        for inputs, targets in batches:
+            outputs = model(inputs)
+            val_loss += criterion(outputs, targets).item()
+            correct += (outputs.argmax(dim=1) == targets).sum().item()
+            total += targets.size(0)
+            count += 1
+    if count == 0:
+        raise ValueError("no validation batches")
+    return val_loss / count, correct / total
+
+
+def save_state_dict(model: nn.Module, path: str | os.PathLike) -> None:
+    """``torch.save(model.state_dict(), path)``, atomically (temporary file, then rename)."""
+    path = Path(path)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            torch.save(model.state_dict(), handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def train(
+    model: nn.Module,
+    batches_for_epoch: Callable[[int], Batches],
+    criterion,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    scheduler=None,
+    scheduler_interval: str = "epoch",
+) -> list[float]:
+    """The seed's ``train``: returns the running (mean per-batch) loss of each epoch."""
+    history = []
+    for epoch in range(epochs):
+        running_loss, count = 0.0, 0
+        for inputs, targets in batches_for_epoch(epoch):
+            loss, _ = train_step(model, criterion, optimizer, inputs, targets)
+            if scheduler is not None and scheduler_interval == "step":
+                scheduler.step()
+            running_loss += loss.item()
+            count += 1
+        if scheduler is not None and scheduler_interval == "epoch":
+            scheduler.step()
+        history.append(running_loss / max(count, 1))
+    return history
+
+
+def train_with_validation(
+    model: nn.Module,
+    batches_for_epoch: Callable[[int], Batches],
+    val_batches: Callable[[], Batches],
+    criterion,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    scheduler=None,
+    scheduler_interval: str = "epoch",
+    checkpoint_path: str | os.PathLike | None = None,
+) -> list[dict[str, float]]:
+    """Train, validate every epoch, and save the best ``state_dict`` on validation loss."""
+    best_val_loss = float("inf")
+    history = []
+    for epoch in range(epochs):
+        (train_loss,) = train(
+            model, lambda _: batches_for_epoch(epoch), criterion, optimizer, 1,
+            scheduler, scheduler_interval,
+        )
+        val_loss, val_accuracy = evaluate(model, criterion, val_batches())
+        saved = checkpoint_path is not None and val_loss < best_val_loss
+        if saved:
+            best_val_loss = val_loss
+            save_state_dict(model, checkpoint_path)
+        history.append(
+            {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+             "val_accuracy": val_accuracy, "saved": saved}
+        )
+    return history
