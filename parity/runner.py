@@ -38,7 +38,7 @@ from torch_ref import loop as torch_loop
 __all__ = ["EpochSummary", "ParityReport", "check_port", "run"]
 
 Batch = tuple[np.ndarray, np.ndarray]
-Progress = Callable[[StepComparison], None]
+Progress = Callable[[StepComparison, int], None]  # (this step's comparison, total steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,7 +174,7 @@ def check_port(
     rest = converter.to_jax(_torch_buffers(torch_model), rest, what="buffers")
     tx = jax_impl.optim.from_torch(optimizer)
     if scheduler:
-        base_lr = float(tx.init(params).hyperparams["lr"])
+        base_lr = jax_impl.optim.torch_arguments(optimizer)["lr"]
         schedule = jax_impl.schedules.from_torch(scheduler, base_lr, steps_per_epoch)
         tx = jax_impl.optim.from_torch(optimizer, lr=schedule)
     state = TrainState(params, rest, tx.init(params))
@@ -189,6 +189,7 @@ def check_port(
         inputs, targets = batch
         return jnp.asarray(np.asarray(inputs, numpy_dtype)), jnp.asarray(targets)
 
+    total_steps = sum(len(batches) for batches in epochs)
     started = time.perf_counter()
     comparisons: list[StepComparison] = []
     summaries: list[EpochSummary] = []
@@ -208,7 +209,7 @@ def check_port(
             )
             torch_trace = StepTrace(
                 loss=float(torch_loss.item()),
-                lr=torch_lr,
+                lr=float(numpy_dtype(torch_lr)),  # torch casts lr to the parameters' dtype
                 grads=captured,
                 optimizer_state=convert.torch_optimizer_state(torch_optimizer, names, step + 1),
                 params=_torch_params(torch_model),
@@ -221,7 +222,7 @@ def check_port(
             state, metrics = train_step(state, to_jax(batch))
             jax_trace = StepTrace(
                 loss=float(metrics["loss"]),
-                lr=float(metrics["lr"]),
+                lr=float(numpy_dtype(metrics["lr"])),  # the transforms cast lr to the params' dtype
                 grads=converter.to_torch(metrics["grads"]),
                 optimizer_state=convert.jax_optimizer_state(state.opt_state, converter),
                 params=converter.to_torch(state.params),
@@ -239,7 +240,7 @@ def check_port(
                     convert.load_torch_optimizer_state(state.opt_state, torch_optimizer, names, converter, step),
                 )
             if progress is not None:
-                progress(comparison)
+                progress(comparison, total_steps)
         if torch_scheduler is not None and scheduler_interval == "epoch":
             torch_scheduler.step()
         summary = EpochSummary(epoch, float(np.mean(torch_losses)), float(np.mean(jax_losses)))

@@ -18,7 +18,8 @@ class StepTrace:
     """One side's record of one optimizer step.
 
     ``grads`` are the gradients as the optimizer receives them; ``lr`` is the learning rate
-    this update used (``optimizer.param_groups[0]['lr']`` before ``step()``); the optimizer
+    this update used (``optimizer.param_groups[0]['lr']`` before ``step()``, rounded to the
+    parameters' dtype as torch's kernels round it); the optimizer
     state, parameters and buffers are read after the step. Keys are torch names
     (``fc1.weight``; optimizer state ``fc1.weight:momentum_buffer``).
     """

@@ -9,6 +9,7 @@ torch's param-group values (``lr``, ``momentum``, ...) under torch's names.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +26,7 @@ from jax_impl.optim.sgd import SGD, SGDState, sgd
 from jax_impl.spec import CallSpec, SpecError, bind_call, build_from_registry
 
 __all__ = [
-    "from_torch", "OPTIMIZERS", "IMPLEMENTATION_ONLY",
+    "from_torch", "torch_arguments", "OPTIMIZERS", "IMPLEMENTATION_ONLY",
     "sgd", "SGD", "SGDState", "adam", "Adam", "AdamW", "AdamState",
     "torch_state_fields", "replace_torch_state_fields", "set_update_count",
 ]
@@ -56,3 +57,17 @@ def from_torch(spec: str | CallSpec, *, lr: Any = None) -> optax.GradientTransfo
     except (TypeError, ValueError) as error:
         raise SpecError(f"optimizer {call}: {error}") from None
     return transform
+
+
+def torch_arguments(spec: str | CallSpec) -> dict[str, Any]:
+    """Every constructor argument of the spec's torch optimizer, defaults filled in, as Python
+    values: ``torch_arguments("SGD(momentum=0.9)")["lr"] == 1e-3``.
+
+    Use it to read the base learning rate for a schedule in full precision (the optimizer
+    state holds hyperparameters in the parameters' dtype).
+    """
+    builder, call = build_from_registry(spec, OPTIMIZERS, kind="optimizer")
+    kwargs = bind_call(call, builder, kind="optimizer", skip=("params",))
+    bound = inspect.signature(builder).bind(**kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)

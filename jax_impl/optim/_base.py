@@ -107,20 +107,22 @@ def check_lr(lr: Any) -> None:
 
 
 def set_update_count(opt_state: Any, count: int) -> Any:
-    """Set every update counter in ``opt_state`` (the optimizer's and a schedule's) to ``count``.
+    """Set every update counter in ``opt_state`` to ``count``: the optimizer's, and those of
+    injected schedules (optax keeps one per scheduled hyperparameter).
 
-    Used to resume from a torch optimizer that has taken ``count`` steps.
+    Used to continue from a torch optimizer that has taken ``count`` steps.
     """
 
     def rebuild(node: Any) -> Any:
         if isinstance(node, tuple) and hasattr(node, "_fields"):
             changes = {name: rebuild(getattr(node, name)) for name in node._fields}
-            if "count" in changes and changes["count"] is not None:
-                old = changes["count"]
-                changes["count"] = jnp.asarray(count, dtype=jnp.result_type(old))
+            if changes.get("count") is not None:
+                changes["count"] = jnp.asarray(count, dtype=jnp.result_type(changes["count"]))
             return node._replace(**changes)
         if isinstance(node, (tuple, list)):
             return type(node)(rebuild(child) for child in node)
+        if isinstance(node, dict):
+            return {key: rebuild(value) for key, value in node.items()}
         return node
 
     return rebuild(opt_state)

@@ -1,0 +1,29 @@
+"""The registry of matched pairs: every torch component the JAX side supports, declared once.
+
+A :class:`Case` names one configuration (a :class:`~parity.spec.RunSpec`) that exercises one
+component: an optimizer, a scheduler, a loss or a model. Both sides are built from the spec's
+strings, so the torch factory is ``torch.optim`` / ``torch.nn`` and the JAX factory is
+``jax_impl``'s ``from_torch``. The parity suite (``tests/parity/test_cases.py``) runs every case
+in float64 and float32, so a new pair enters the suite by being declared in the module of its
+component; a coverage test fails when a name ``from_torch`` accepts has no case.
+
+A case may relax the tolerance table for one (stage, dtype) with a
+:class:`~parity.compare.Tolerance` whose ``reason`` says why that case needs it.
+"""
+
+from __future__ import annotations
+
+from parity.cases import losses, models, optimizers, schedulers
+from parity.cases._base import BASE, COMPONENTS, Case
+
+__all__ = ["Case", "COMPONENTS", "BASE", "CASES", "by_name"]
+
+
+CASES: tuple[Case, ...] = optimizers.CASES + schedulers.CASES + losses.CASES + models.CASES
+
+
+def by_name(name: str) -> Case:
+    for case in CASES:
+        if case.name == name:
+            return case
+    raise KeyError(f"no case {name!r}; cases: {', '.join(c.name for c in CASES)}")

@@ -1,0 +1,58 @@
+"""What a case is (:class:`Case`) and the small run every case starts from (:data:`BASE`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from collections.abc import Mapping
+
+from parity.compare import TOLERANCES, Tolerance
+from parity.spec import RunSpec, parse_call
+
+__all__ = ["Case", "COMPONENTS", "BASE"]
+
+#: component kind -> the RunSpec field naming it
+COMPONENTS = {"optimizer": "optimizer", "scheduler": "scheduler", "loss": "loss", "model": "model"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str  # unique, "<component name>/<variant>", e.g. "SGD/nesterov"
+    component: str  # a key of COMPONENTS: what this case is about
+    spec: RunSpec  # dtype and mode are chosen by the suite
+    tolerances: Mapping[tuple[str, str], Tolerance] = dataclasses.field(
+        default_factory=lambda: types.MappingProxyType({})
+    )  # (stage, dtype) -> override; each must carry its own reason
+
+    def __post_init__(self) -> None:
+        if self.component not in COMPONENTS:
+            raise ValueError(f"case {self.name}: component must be one of {', '.join(COMPONENTS)}")
+        if getattr(self.spec, COMPONENTS[self.component]) is None:
+            raise ValueError(f"case {self.name}: its spec has no {self.component}")
+        for key, tolerance in self.tolerances.items():
+            if key not in TOLERANCES:
+                raise ValueError(f"case {self.name}: no tolerance {key} to override")
+            if not tolerance.reason.strip():
+                raise ValueError(f"case {self.name}: the tolerance override for {key} needs a reason")
+
+    @property
+    def covers(self) -> str:
+        """The registry name this case exercises, e.g. ``"SGD"``."""
+        return parse_call(getattr(self.spec, COMPONENTS[self.component])).name
+
+    def run_spec(self, dtype: str, mode: str = "resync") -> RunSpec:
+        return dataclasses.replace(self.spec, dtype=dtype, mode=mode)
+
+
+
+#: A 32-unit SimpleNN on the digits data, 2 epochs of 5 batches of 32: a case takes a second or two.
+BASE = RunSpec(
+    model="SimpleNN(hidden_size=32)",
+    loss="CrossEntropyLoss()",
+    optimizer="SGD(lr=0.01, momentum=0.9)",
+    scheduler=None,
+    epochs=2,
+    steps_per_epoch=5,
+    batch_size=32,
+    data="digits",
+)

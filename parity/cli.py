@@ -1,0 +1,146 @@
+"""The ``parity`` command.
+
+Exit codes: 0 parity holds, 1 a divergence was found, 2 bad input (a one-line reason on
+stderr, no traceback, and no output file written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+EXIT_PARITY, EXIT_DIVERGENCE, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class BadInput(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    from parity.spec import RunSpec
+
+    defaults = RunSpec()
+    parser = _Parser(prog="parity", description="Check that a JAX port trains exactly like its PyTorch original.")
+    parser.add_argument("--version", action="store_true", help="print the versions of the frameworks and exit")
+    commands = parser.add_subparsers(dest="command", parser_class=_Parser)
+    run = commands.add_parser(
+        "run",
+        help="train in torch and JAX side by side and compare every step",
+        description="Train the same model on the same seeded batches in PyTorch and in JAX and compare "
+                    "loss, gradients, learning rate, optimizer state and parameters after every step. "
+                    "With no arguments: the seed configuration on the embedded digits data.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    run.add_argument("--model", default=defaults.model, help="model name, e.g. SimpleNN or 'SimpleNN(hidden_size=128)'")
+    run.add_argument("--loss", default=defaults.loss, help="torch.nn loss spec")
+    run.add_argument("--optimizer", default=defaults.optimizer, help="torch.optim spec")
+    run.add_argument("--scheduler", default=defaults.scheduler,
+                     help="torch.optim.lr_scheduler spec, or 'none'")
+    run.add_argument("--scheduler-interval", choices=("epoch", "step"), default=defaults.scheduler_interval,
+                     help="call scheduler.step() after every epoch or after every optimizer step")
+    run.add_argument("--epochs", type=int, default=defaults.epochs)
+    run.add_argument("--steps-per-epoch", type=int, default=defaults.steps_per_epoch,
+                     help="batches per epoch (default: one full pass over the training split)")
+    run.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    run.add_argument("--seed", type=int, default=defaults.seed)
+    run.add_argument("--dtype", choices=("float32", "float64"), default=defaults.dtype,
+                     help="float64 separates semantic differences from rounding")
+    run.add_argument("--mode", choices=("resync", "free"), default=defaults.mode,
+                     help="resync: reset JAX from torch after each step; free: let both run on their own")
+    run.add_argument("--data", default=defaults.data,
+                     help="'digits' (embedded), 'synthetic', or FILE.npz with arrays x, y [x_val, y_val]")
+    run.add_argument("--json", metavar="PATH", help="write the full report as JSON")
+    run.add_argument("--plot", metavar="PATH", help="write a PNG of losses and per-stage errors over steps")
+    run.add_argument("--all-steps", action="store_true", help="print every step's row, not a sample")
+    return parser
+
+
+def _check_output(flag: str, value: str | None, suffix: str | None = None) -> None:
+    if value is None:
+        return
+    path = Path(value)
+    if path.is_dir():
+        raise BadInput(f"{flag} {value}: is a directory; give a file path")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise BadInput(f"{flag} {value}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise BadInput(f"{flag} {value}: directory {parent} is not writable")
+    if suffix and path.suffix.lower() != suffix:
+        raise BadInput(f"{flag} {value}: expected a {suffix} file name")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    import parity
+    from parity import report as reports
+    from parity.convert import ConversionError
+    from parity.data import DataError
+
+    _check_output("--json", args.json)
+    _check_output("--plot", args.plot, ".png")
+    scheduler = None if args.scheduler.strip().lower() in ("none", "") else args.scheduler
+    try:
+        spec = parity.RunSpec(
+            model=args.model, loss=args.loss, optimizer=args.optimizer, scheduler=scheduler,
+            scheduler_interval=args.scheduler_interval, epochs=args.epochs,
+            steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, seed=args.seed,
+            dtype=args.dtype, mode=args.mode, data=args.data,
+        )
+        console = Console()
+        if not console.is_terminal:  # a pipe or file: wide enough for the tables, no colour codes
+            console = Console(width=120)
+        status = Console(stderr=True)
+        columns = (TextColumn("[progress.description]{task.description}"), BarColumn(),
+                   MofNCompleteColumn(), TextColumn("{task.fields[note]}"), TimeElapsedColumn())
+        with Progress(*columns, console=status, transient=True) as progress:
+            task = progress.add_task("training both sides", total=None, note="")
+
+            def advance(comparison, total: int) -> None:
+                note = "ok" if comparison.ok else f"[red]step {comparison.step} differs[/]"
+                progress.update(task, advance=1, total=total, note=f"loss {comparison.torch_loss:.5f} {note}")
+
+            result = parity.run(spec, progress=advance)
+    except (parity.SpecError, DataError, ConversionError) as error:
+        raise BadInput(str(error)) from None
+    reports.render(result, console, all_steps=args.all_steps)
+    if args.json:
+        reports.write_json(result, args.json)
+        console.print(f"report written to {args.json}")
+    if args.plot:
+        reports.write_plot(result, args.plot)
+        console.print(f"plot written to {args.plot}")
+    return EXIT_PARITY if result.ok else EXIT_DIVERGENCE
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from parity.runner import versions
+
+        print(" ".join(f"{name} {version}" for name, version in versions().items()))
+        return EXIT_PARITY
+    if args.command is None:
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    try:
+        return _run(args)
+    except BadInput as error:
+        print(f"parity: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""Showing a :class:`~parity.runner.ParityReport`: terminal tables, JSON, and a plot.
+
+Every writer is atomic: the file appears complete under its name, or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from parity.compare import StepComparison, TensorError, tolerance
+from parity.runner import ParityReport
+from parity.trace import STAGES
+
+__all__ = ["render", "to_json", "write_json", "write_plot", "atomic_path", "SCHEMA"]
+
+SCHEMA = "parity-report/1"
+
+_STAGE_HEADERS = {"loss": "loss", "gradient": "grad", "lr": "lr", "optimizer_state": "opt state",
+                  "parameters": "params", "buffers": "buffers"}
+
+#: Hints for the first divergent stage: where such a difference usually comes from.
+LIKELY_CAUSES = {
+    "loss": "the forward pass or the loss differs: a weight converted in the wrong layout, a layer "
+            "default (GELU approximation, LayerNorm eps, padding), or the loss reduction/weights",
+    "gradient": "the forward pass agrees but its derivative does not: a stop_gradient, a "
+                "parameter missing from the differentiated tree, or a custom VJP",
+    "lr": "the schedule differs: an off-by-one in when scheduler.step() runs, per-epoch vs "
+          "per-step stepping, or a different formula past the schedule's end",
+    "optimizer_state": "the optimizer's buffers differ: momentum/dampening on the first step, "
+                       "beta or alpha values, or where eps enters",
+    "parameters": "the update rule differs: eps inside vs outside the square root, bias "
+                  "correction, weight decay coupled vs decoupled, or the sign (maximize)",
+    "buffers": "running statistics differ: BatchNorm momentum convention or unbiased variance",
+}
+
+
+# ------------------------------------------------------------------------------------------
+# Terminal
+
+
+def _fmt(value: float | None, spec: str = ".6g") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _error_cell(step: StepComparison, stage: str) -> Text:
+    result = step.stages[stage]
+    if not result.tensors:
+        return Text("-", style="dim")
+    value = result.max_abs
+    text = "0" if value == 0 else ("inf" if math.isinf(value) else f"{value:.1e}")
+    return Text(text, style="bold red" if not result.ok else "green")
+
+
+def _rows_to_show(steps: list[StepComparison], limit: int) -> list[int | None]:
+    """Indices of the steps to print (None marks elided rows): first and last steps, every
+    failing step up to a few, and evenly spaced ones in between."""
+    if len(steps) <= limit:
+        return list(range(len(steps)))
+    failing = [i for i, s in enumerate(steps) if not s.ok][:5]
+    wanted = {0, 1, 2, len(steps) - 2, len(steps) - 1, *failing}
+    stride = -(-len(steps) // max(1, limit // 2))
+    wanted.update(range(0, len(steps), stride))
+    shown: list[int | None] = []
+    for index in sorted(wanted):
+        if shown and shown[-1] is not None and index > shown[-1] + 1:
+            if index == shown[-1] + 2:
+                shown.append(index - 1)  # an ellipsis would hide just one row
+            else:
+                shown.append(None)
+        shown.append(index)
+    return shown
+
+
+def step_table(report: ParityReport, limit: int = 30) -> Table:
+    stages = [s for s in STAGES if any(step.stages[s].tensors for step in report.steps)]
+    table = Table(title=f"Per-step parity ({report.dtype}, {report.mode} mode): max |jax - torch| per stage",
+                  title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("step", "epoch", "torch loss", "jax loss", "lr"):
+        table.add_column(column, justify="right")
+    for stage in stages:
+        table.add_column(_STAGE_HEADERS[stage], justify="right")
+    table.add_column("", justify="center")
+    for index in _rows_to_show(report.steps, limit):
+        if index is None:
+            table.add_row(*(["..."] + [""] * (len(stages) + 5)), style="dim")
+            continue
+        step = report.steps[index]
+        table.add_row(
+            str(step.step), str(step.epoch), _fmt(step.torch_loss, ".8f"), _fmt(step.jax_loss, ".8f"),
+            _fmt(step.torch_lr, ".4g"), *[_error_cell(step, s) for s in stages],
+            Text("ok", style="green") if step.ok else Text("DIFF", style="bold red"),
+        )
+    if len(report.steps) > limit:
+        table.caption = f"{len(report.steps)} steps; some rows elided (--all-steps shows them, --json records them)"
+    return table
+
+
+def epoch_table(report: ParityReport) -> Table:
+    table = Table(title="Training and validation per epoch", title_justify="left", header_style="bold",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("epoch", "torch train loss", "jax train loss", "torch val loss", "jax val loss",
+                   "torch val acc", "jax val acc"):
+        table.add_column(column, justify="right")
+    for summary in report.epochs:
+        table.add_row(
+            str(summary.epoch), _fmt(summary.torch_train_loss, ".6f"), _fmt(summary.jax_train_loss, ".6f"),
+            _fmt(summary.torch_val_loss, ".6f"), _fmt(summary.jax_val_loss, ".6f"),
+            _fmt(summary.torch_val_accuracy, ".2%"), _fmt(summary.jax_val_accuracy, ".2%"),
+            style=None if summary.val_ok else "red",
+        )
+    return table
+
+
+def divergence_lines(report: ParityReport) -> list[str]:
+    found = report.first_divergence
+    if found is None:
+        failing = [e.epoch for e in report.epochs if not e.val_ok]
+        return [f"validation loss differs in epoch(s) {failing}"] if failing else []
+    step, stage, error = found
+    tol = tolerance(stage, report.dtype, step=step.step, mode=report.mode)
+    return [
+        f"first divergence: step {step.step} (epoch {step.epoch}), stage {stage}, tensor {error.name}",
+        f"  {error.describe()}",
+        f"  tolerance: rtol {tol.rtol:.1e}, atol {tol.atol:.1e} ({tol.reason})",
+        f"  likely cause: {LIKELY_CAUSES[stage]}",
+    ]
+
+
+def render(report: ParityReport, console: Console, *, all_steps: bool = False) -> None:
+    """Print the per-step table, the epoch table and the verdict."""
+    config = report.config
+    console.print(
+        f"[bold]parity run[/]: {config.get('model', 'model')} · {config.get('loss', '')} · "
+        f"{config.get('optimizer')} · {config.get('scheduler') or 'no scheduler'}"
+        f"{' per ' + config['scheduler_interval'] if config.get('scheduler') else ''} · "
+        f"{report.dtype} · {report.mode}"
+        + (f" · data {config['data_name']} ({config['train_samples']} train / {config['val_samples']} val)"
+           if "data_name" in config else "")
+    )
+    console.print(step_table(report, limit=len(report.steps) if all_steps else 30))
+    if report.epochs:
+        console.print(epoch_table(report))
+    failing_steps = sum(not s.ok for s in report.steps)
+    if report.ok:
+        console.print(
+            f"[bold green]PARITY HOLDS[/]: {len(report.steps)} steps, every stage within the "
+            f"{report.dtype} tolerances ({report.seconds:.1f} s)"
+        )
+    else:
+        console.print(
+            f"[bold red]DIVERGENCE[/]: {failing_steps} of {len(report.steps)} steps differ "
+            f"beyond the {report.dtype} tolerances ({report.seconds:.1f} s)"
+        )
+        for line in divergence_lines(report):
+            console.print(line, highlight=False, markup=False)
+
+
+# ------------------------------------------------------------------------------------------
+# JSON
+
+
+def _number(value: float) -> float | str:
+    """JSON has no inf or NaN: write them as strings."""
+    value = float(value)
+    return value if math.isfinite(value) else str(value)
+
+
+def _tensor_json(error: TensorError) -> dict[str, Any]:
+    return {
+        "tensor": error.name, "ok": error.ok, "max_abs": _number(error.max_abs),
+        "max_rel": _number(error.max_rel), "tolerance_ratio": _number(error.ratio), "index": list(error.index),
+        "torch_value": _number(error.torch_value), "jax_value": _number(error.jax_value),
+        "mismatched": error.mismatched, "size": error.size, "problem": error.problem or None,
+    }
+
+
+def _step_json(step: StepComparison) -> dict[str, Any]:
+    stages = {}
+    for name, result in step.stages.items():
+        worst = max(result.tensors, key=lambda t: t.max_abs, default=None)
+        stages[name] = {
+            "ok": result.ok, "max_abs": _number(result.max_abs), "max_rel": _number(result.max_rel),
+            "tolerance_ratio": _number(result.ratio),
+            "rtol": result.tolerance.rtol, "atol": result.tolerance.atol,
+            "worst_tensor": worst.name if worst else None,
+            "first_failure": _tensor_json(result.first_failure) if result.first_failure else None,
+        }
+    return {
+        "step": step.step, "epoch": step.epoch, "ok": step.ok,
+        "torch": {"loss": _number(step.torch_loss), "lr": _number(step.torch_lr)},
+        "jax": {"loss": _number(step.jax_loss), "lr": _number(step.jax_lr)},
+        "stages": stages,
+    }
+
+
+def to_json(report: ParityReport) -> dict[str, Any]:
+    """The whole report as JSON-ready data; ``seconds`` is the only timing in it."""
+    found = report.first_divergence
+    first = None
+    if found is not None:
+        step, stage, error = found
+        first = {"step": step.step, "epoch": step.epoch, "stage": stage, **_tensor_json(error),
+                 "likely_cause": LIKELY_CAUSES[stage]}
+    return {
+        "schema": SCHEMA,
+        "verdict": "parity" if report.ok else "divergence",
+        "ok": report.ok,
+        "config": report.config,
+        "dtype": report.dtype,
+        "mode": report.mode,
+        "tolerances": {stage: {"rtol": tolerance(stage, report.dtype).rtol,
+                               "atol": tolerance(stage, report.dtype).atol,
+                               "reason": tolerance(stage, report.dtype).reason,
+                               "grows_with_step": report.mode == "free"} for stage in STAGES},
+        "first_divergence": first,
+        "steps": [_step_json(step) for step in report.steps],
+        "epochs": [
+            {key: (_number(value) if isinstance(value, float) else value) for key, value in vars(summary).items()}
+            for summary in report.epochs
+        ],
+        "versions": report.versions,
+        "seconds": round(report.seconds, 3),
+    }
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(descriptor)
+    try:
+        yield Path(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_json(report: ParityReport, path: str | os.PathLike) -> None:
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(to_json(report), indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------------------
+# Plot
+
+
+def write_plot(report: ParityReport, path: str | os.PathLike) -> None:
+    """A PNG: both frameworks' losses (top) and each stage's largest error as a fraction of
+    its tolerance (bottom, log scale; above the line at 1 is a divergence), with the first
+    divergence marked. Bit-identical steps leave gaps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [s.step for s in report.steps]
+    figure, (losses, errors) = plt.subplots(2, 1, figsize=(9, 7), sharex=True, constrained_layout=True)
+    losses.plot(steps, [s.torch_loss for s in report.steps], label="torch", linewidth=2)
+    losses.plot(steps, [s.jax_loss for s in report.steps], label="jax", linestyle="--")
+    losses.set_ylabel("training loss")
+    losses.legend()
+    losses.set_title(
+        f"{report.config.get('model', '')} · {report.config.get('optimizer')} · {report.dtype} · "
+        f"{report.mode}: {'parity holds' if report.ok else 'DIVERGENCE'}"
+    )
+    for stage in STAGES:
+        if not any(s.stages[stage].tensors for s in report.steps):
+            continue
+        # zeros (bit-identical) leave gaps on the log scale; failures beyond 1e6 are clipped
+        values = [min(s.stages[stage].ratio, 1e6) or math.nan for s in report.steps]
+        errors.semilogy(steps, values, label=stage, marker="." if len(steps) < 60 else None)
+    errors.axhline(1.0, color="black", linewidth=1, label="tolerance")
+    found = report.first_divergence
+    if found is not None:
+        step, stage, error = found
+        errors.axvline(step.step, color="red", linestyle=":", label=f"first divergence ({stage}: {error.name})")
+        losses.axvline(step.step, color="red", linestyle=":")
+    errors.set_xlabel("optimizer step")
+    errors.set_ylabel("max error / tolerance")
+    errors.legend(fontsize="small", ncol=2)
+    errors.grid(True, which="major", alpha=0.3)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=110)
+    plt.close(figure)
