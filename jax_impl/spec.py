@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["SpecError", "CallSpec", "parse_call", "bind_call", "build_from_registry"]
+__all__ = ["SpecError", "CallSpec", "parse_call", "bind_call", "build_from_registry", "suggest"]
 
 
 class SpecError(ValueError):
@@ -93,6 +93,13 @@ def parse_call(text: str) -> CallSpec:
     return CallSpec(node.func.id, kwargs)
 
 
+def suggest(name: str, options: list[str]) -> str:
+    """`` (did you mean 'X'?)`` for the closest option, case-insensitively; else ``''``."""
+    lowered = {option.lower(): option for option in options}
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.7)
+    return f" (did you mean {lowered[close[0]]!r}?)" if close else ""
+
+
 def _parameter_names(fn: Callable[..., Any], skip: tuple[str, ...]) -> list[str]:
     parameters = inspect.signature(fn).parameters.values()
     return [
@@ -112,10 +119,8 @@ def bind_call(
     valid = _parameter_names(fn, skip)
     for key in spec.kwargs:
         if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise SpecError(
-                f"{kind} {spec.name} got an unknown argument {key!r}{hint}; "
+                f"{kind} {spec.name} got an unknown argument {key!r}{suggest(key, valid)}; "
                 f"valid arguments: {', '.join(valid) or '(none)'}"
             )
     return dict(spec.kwargs)
@@ -127,9 +132,8 @@ def build_from_registry(
     """Look a spec's name up in ``registry``; raise listing the known names if it is not there."""
     call = spec if isinstance(spec, CallSpec) else parse_call(spec)
     if call.name not in registry:
-        close = difflib.get_close_matches(call.name, list(registry), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise SpecError(
-            f"unknown {kind} {call.name!r}{hint}; supported: {', '.join(sorted(registry))}"
+            f"unknown {kind} {call.name!r}{suggest(call.name, list(registry))}; "
+            f"supported: {', '.join(sorted(registry))}"
         )
     return registry[call.name], call

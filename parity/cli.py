@@ -81,7 +81,6 @@ def _check_output(flag: str, value: str | None, suffix: str | None = None) -> No
 
 def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     import parity
     from parity import report as reports
@@ -101,17 +100,7 @@ def _run(args: argparse.Namespace) -> int:
         console = Console()
         if not console.is_terminal:  # a pipe or file: wide enough for the tables, no colour codes
             console = Console(width=120)
-        status = Console(stderr=True)
-        columns = (TextColumn("[progress.description]{task.description}"), BarColumn(),
-                   MofNCompleteColumn(), TextColumn("{task.fields[note]}"), TimeElapsedColumn())
-        with Progress(*columns, console=status, transient=True) as progress:
-            task = progress.add_task("training both sides", total=None, note="")
-
-            def advance(comparison, total: int) -> None:
-                note = "ok" if comparison.ok else f"[red]step {comparison.step} differs[/]"
-                progress.update(task, advance=1, total=total, note=f"loss {comparison.torch_loss:.5f} {note}")
-
-            result = parity.run(spec, progress=advance)
+        result = _run_with_progress(spec)
     except (parity.SpecError, DataError, ConversionError) as error:
         raise BadInput(str(error)) from None
     reports.render(result, console, all_steps=args.all_steps)
@@ -122,6 +111,28 @@ def _run(args: argparse.Namespace) -> int:
         reports.write_plot(result, args.plot)
         console.print(f"plot written to {args.plot}")
     return EXIT_PARITY if result.ok else EXIT_DIVERGENCE
+
+
+def _run_with_progress(spec):
+    """``parity.run(spec)``, with a live progress bar on stderr when it is a terminal."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    import parity
+
+    status = Console(stderr=True)
+    if not status.is_terminal:
+        return parity.run(spec)
+    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(),
+               MofNCompleteColumn(), TextColumn("{task.fields[note]}"), TimeElapsedColumn())
+    with Progress(*columns, console=status, transient=True) as progress:
+        task = progress.add_task("training both sides", total=None, note="")
+
+        def advance(comparison, total: int) -> None:
+            note = "[green]ok[/]" if comparison.ok else f"[red]step {comparison.step} differs[/]"
+            progress.update(task, advance=1, total=total, note=f"loss {comparison.torch_loss:.5f} {note}")
+
+        return parity.run(spec, progress=advance)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -206,10 +206,15 @@ def load_torch_optimizer_state(
     names: Mapping[torch.Tensor, str],
     converter: Converter,
     steps_taken: int,
+    *,
+    include_hyperparams: bool = True,
 ) -> Any:
-    """``opt_state`` with its buffers, counters and hyperparameters taken from ``optimizer``.
+    """``opt_state`` with its buffers and counters (and, with ``include_hyperparams``, the
+    param-group values such as ``lr`` and ``momentum``) taken from ``optimizer``.
 
-    Buffers torch has not created yet (before its first step) keep their JAX values.
+    Buffers torch has not created yet (before its first step) keep their JAX values. The
+    harness's resync leaves hyperparameters alone: they are the port's own configuration,
+    and copying them from torch would hide a wrong value or default.
     """
     fields = torch_state_fields(opt_state)
     updates: dict[str, Any] = {}
@@ -223,7 +228,7 @@ def load_torch_optimizer_state(
         }
         if arrays:
             updates[field] = converter.to_jax(arrays, tree, what=f"optimizer state {field!r}")
-    if "hyperparams" in fields:
+    if include_hyperparams and "hyperparams" in fields:
         group = _group_values(optimizer.param_groups[0])
         hyperparams = dict(fields["hyperparams"])
         for key, value in hyperparams.items():

@@ -237,7 +237,9 @@ def check_port(
                 state = TrainState(
                     converter.to_jax(torch_trace.params, state.params, what="parameters"),
                     converter.to_jax(torch_trace.buffers, state.rest, what="buffers"),
-                    convert.load_torch_optimizer_state(state.opt_state, torch_optimizer, names, converter, step),
+                    convert.load_torch_optimizer_state(
+                        state.opt_state, torch_optimizer, names, converter, step, include_hyperparams=False
+                    ),
                 )
             if progress is not None:
                 progress(comparison, total_steps)

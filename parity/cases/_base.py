@@ -11,8 +11,8 @@ from parity.spec import RunSpec, parse_call
 
 __all__ = ["Case", "COMPONENTS", "BASE"]
 
-#: component kind -> the RunSpec field naming it
-COMPONENTS = {"optimizer": "optimizer", "scheduler": "scheduler", "loss": "loss", "model": "model"}
+#: What a case can be about; each is also the RunSpec field that names it.
+COMPONENTS = ("optimizer", "scheduler", "loss", "model")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,23 +27,21 @@ class Case:
     def __post_init__(self) -> None:
         if self.component not in COMPONENTS:
             raise ValueError(f"case {self.name}: component must be one of {', '.join(COMPONENTS)}")
-        if getattr(self.spec, COMPONENTS[self.component]) is None:
+        if getattr(self.spec, self.component) is None:
             raise ValueError(f"case {self.name}: its spec has no {self.component}")
         for key, tolerance in self.tolerances.items():
             if key not in TOLERANCES:
                 raise ValueError(f"case {self.name}: no tolerance {key} to override")
-            if not tolerance.reason.strip():
-                raise ValueError(f"case {self.name}: the tolerance override for {key} needs a reason")
+            if not tolerance.reason.strip() or tolerance.reason == TOLERANCES[key].reason:
+                raise ValueError(f"case {self.name}: the tolerance override for {key} needs a reason of its own")
 
     @property
     def covers(self) -> str:
         """The registry name this case exercises, e.g. ``"SGD"``."""
-        return parse_call(getattr(self.spec, COMPONENTS[self.component])).name
+        return parse_call(getattr(self.spec, self.component)).name
 
     def run_spec(self, dtype: str, mode: str = "resync") -> RunSpec:
         return dataclasses.replace(self.spec, dtype=dtype, mode=mode)
-
-
 
 #: A 32-unit SimpleNN on the digits data, 2 epochs of 5 batches of 32: a case takes a second or two.
 BASE = RunSpec(
