@@ -34,8 +34,10 @@ _STAGE_HEADERS = {"loss": "loss", "gradient": "grad", "lr": "lr", "optimizer_sta
 LIKELY_CAUSES = {
     "loss": "the forward pass or the loss differs: a weight converted in the wrong layout, a layer "
             "default (GELU approximation, LayerNorm eps, padding), or the loss reduction/weights",
-    "gradient": "the forward pass agrees but its derivative does not: a stop_gradient, a "
-                "parameter missing from the differentiated tree, or a custom VJP",
+    "gradient": "the gradients differ while the loss agrees: a forward difference too small to "
+                "move the scalar loss (an activation's approximation, e.g. GELU tanh vs erf), or a "
+                "derivative that differs (stop_gradient, a parameter left out of the "
+                "differentiated tree, a custom VJP)",
     "lr": "the schedule differs: an off-by-one in when scheduler.step() runs, per-epoch vs "
           "per-step stepping, or a different formula past the schedule's end",
     "optimizer_state": "the optimizer's buffers differ: momentum/dampening on the first step, "
@@ -99,7 +101,7 @@ def step_table(report: ParityReport, limit: int = 30) -> Table:
         step = report.steps[index]
         table.add_row(
             str(step.step), str(step.epoch), _fmt(step.torch_loss, ".8f"), _fmt(step.jax_loss, ".8f"),
-            _fmt(step.torch_lr, ".4g"), *[_error_cell(step, s) for s in stages],
+            _fmt(step.torch_lr, ".6g"), *[_error_cell(step, s) for s in stages],
             Text("ok", style="green") if step.ok else Text("DIFF", style="bold red"),
         )
     if len(report.steps) > limit:
@@ -108,18 +110,20 @@ def step_table(report: ParityReport, limit: int = 30) -> Table:
 
 
 def epoch_table(report: ParityReport) -> Table:
-    table = Table(title="Training and validation per epoch", title_justify="left", header_style="bold",
-                  box=box.SIMPLE_HEAD, pad_edge=False)
-    for column in ("epoch", "torch train loss", "jax train loss", "torch val loss", "jax val loss",
-                   "torch val acc", "jax val acc"):
+    validated = any(summary.torch_val_loss is not None for summary in report.epochs)
+    title = "Training and validation per epoch" if validated else "Training loss per epoch (mean over batches)"
+    table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+    columns = ["epoch", "torch train loss", "jax train loss"]
+    if validated:
+        columns += ["torch val loss", "jax val loss", "torch val acc", "jax val acc"]
+    for column in columns:
         table.add_column(column, justify="right")
     for summary in report.epochs:
-        table.add_row(
-            str(summary.epoch), _fmt(summary.torch_train_loss, ".6f"), _fmt(summary.jax_train_loss, ".6f"),
-            _fmt(summary.torch_val_loss, ".6f"), _fmt(summary.jax_val_loss, ".6f"),
-            _fmt(summary.torch_val_accuracy, ".2%"), _fmt(summary.jax_val_accuracy, ".2%"),
-            style=None if summary.val_ok else "red",
-        )
+        cells = [str(summary.epoch), _fmt(summary.torch_train_loss, ".6f"), _fmt(summary.jax_train_loss, ".6f")]
+        if validated:
+            cells += [_fmt(summary.torch_val_loss, ".6f"), _fmt(summary.jax_val_loss, ".6f"),
+                      _fmt(summary.torch_val_accuracy, ".2%"), _fmt(summary.jax_val_accuracy, ".2%")]
+        table.add_row(*cells, style=None if summary.val_ok else "red")
     return table
 
 

@@ -256,7 +256,8 @@ def check_port(
                 torch_val_accuracy=torch_val[1], jax_val_accuracy=jax_val[1], val_ok=val_ok,
             )
         summaries.append(summary)
-    config = dict(config or {}) | {"optimizer": optimizer, "scheduler": scheduler,
+    defaults = {"model": type(torch_model).__name__, "loss": loss if isinstance(loss, str) else "custom loss pair"}
+    config = defaults | dict(config or {}) | {"optimizer": optimizer, "scheduler": scheduler,
                                    "scheduler_interval": scheduler_interval, "mode": mode, "dtype": dtype}
     return ParityReport(config, dtype, mode, comparisons, summaries, time.perf_counter() - started, versions())
 
