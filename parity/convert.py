@@ -154,7 +154,7 @@ def _group_values(group: Mapping[str, Any]) -> dict[str, Any]:
     values = {}
     for key, value in group.items():
         if key in _GROUP_TUPLES:
-            values.update(zip(_GROUP_TUPLES[key], value))
+            values.update(zip(_GROUP_TUPLES[key], value, strict=True))
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             values[key] = value
     return values

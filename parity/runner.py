@@ -26,6 +26,7 @@ import jax_impl
 import jax_impl.losses
 import jax_impl.optim
 import jax_impl.schedules
+from jax_impl.checkpoint import flatten
 from jax_impl.loop import evaluate as jax_evaluate
 from jax_impl.spec import SpecError
 from jax_impl.step import TrainState, make_eval_step, make_train_step
@@ -95,15 +96,9 @@ def _dtype_name(model: torch.nn.Module) -> str:
 
 def _check_jax_dtype(params: nnx.State, dtype: str) -> None:
     expected = DTYPES[dtype][1]
-    wrong = [f"{path} is {leaf.dtype}" for path, leaf in _flat(params).items() if leaf.dtype != expected]
+    wrong = [f"{path} is {leaf.dtype}" for path, leaf in flatten(params).items() if leaf.dtype != expected]
     if wrong:
         raise SpecError(f"the JAX model must be {dtype} like the torch model (pass param_dtype): {'; '.join(wrong)}")
-
-
-def _flat(tree) -> dict[str, np.ndarray]:
-    from jax_impl.checkpoint import flatten
-
-    return flatten(tree)
 
 
 def _epoch_lengths(epochs: Sequence[Sequence[Batch]], interval: str) -> int | None:
@@ -199,14 +194,7 @@ def check_port(
         for batch in batches:
             # torch: the user's loop, with the gradients read just before optimizer.step()
             torch_lr = float(torch_optimizer.param_groups[0]["lr"])
-            captured: dict[str, np.ndarray] = {}
-
-            def read_grads() -> None:
-                captured.update({name: convert.to_numpy(p.grad) for p, name in names.items() if p.grad is not None})
-
-            torch_loss, _ = torch_loop.train_step(
-                torch_model, torch_criterion, torch_optimizer, *to_torch(batch), before_step=read_grads
-            )
+            torch_loss, captured = _torch_step(torch_model, torch_criterion, torch_optimizer, names, to_torch(batch))
             torch_trace = StepTrace(
                 loss=float(torch_loss.item()),
                 lr=float(numpy_dtype(torch_lr)),  # torch casts lr to the parameters' dtype
@@ -260,6 +248,17 @@ def check_port(
     config = defaults | dict(config or {}) | {"optimizer": optimizer, "scheduler": scheduler,
                                    "scheduler_interval": scheduler_interval, "mode": mode, "dtype": dtype}
     return ParityReport(config, dtype, mode, comparisons, summaries, time.perf_counter() - started, versions())
+
+
+def _torch_step(model, criterion, optimizer, names, batch) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+    """``torch_ref.loop.train_step`` on ``batch``; also returns the gradients ``step()`` saw."""
+    grads: dict[str, np.ndarray] = {}
+
+    def read_grads() -> None:
+        grads.update({name: convert.to_numpy(p.grad) for p, name in names.items() if p.grad is not None})
+
+    loss, _ = torch_loop.train_step(model, criterion, optimizer, *batch, before_step=read_grads)
+    return loss, grads
 
 
 def _torch_params(model: torch.nn.Module) -> dict[str, np.ndarray]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["train_step", "evaluate", "train", "train_with_validation", "save_state_dict"]
+__all__ = ["train_step", "train_one_epoch", "evaluate", "train", "train_with_validation", "save_state_dict"]
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -77,6 +77,26 @@ def save_state_dict(model: nn.Module, path: str | os.PathLike) -> None:
         raise
 
 
+def train_one_epoch(
+    model: nn.Module,
+    batches: Batches,
+    criterion,
+    optimizer: torch.optim.Optimizer,
+    scheduler=None,
+    scheduler_interval: str = "epoch",
+) -> float:
+    """One pass over ``batches``; a per-iteration scheduler steps after every optimizer step.
+    Returns the running loss (mean per-batch loss), as the seed prints it."""
+    running_loss, count = 0.0, 0
+    for inputs, targets in batches:
+        loss, _ = train_step(model, criterion, optimizer, inputs, targets)
+        if scheduler is not None and scheduler_interval == "step":
+            scheduler.step()
+        running_loss += loss.item()
+        count += 1
+    return running_loss / max(count, 1)
+
+
 def train(
     model: nn.Module,
     batches_for_epoch: Callable[[int], Batches],
@@ -86,19 +106,14 @@ def train(
     scheduler=None,
     scheduler_interval: str = "epoch",
 ) -> list[float]:
-    """The seed's ``train``: returns the running (mean per-batch) loss of each epoch."""
+    """The seed's ``train``: returns the running loss of each epoch."""
     history = []
     for epoch in range(epochs):
-        running_loss, count = 0.0, 0
-        for inputs, targets in batches_for_epoch(epoch):
-            loss, _ = train_step(model, criterion, optimizer, inputs, targets)
-            if scheduler is not None and scheduler_interval == "step":
-                scheduler.step()
-            running_loss += loss.item()
-            count += 1
+        history.append(
+            train_one_epoch(model, batches_for_epoch(epoch), criterion, optimizer, scheduler, scheduler_interval)
+        )
         if scheduler is not None and scheduler_interval == "epoch":
             scheduler.step()
-        history.append(running_loss / max(count, 1))
     return history
 
 
@@ -117,10 +132,11 @@ def train_with_validation(
     best_val_loss = float("inf")
     history = []
     for epoch in range(epochs):
-        (train_loss,) = train(
-            model, lambda _: batches_for_epoch(epoch), criterion, optimizer, 1,
-            scheduler, scheduler_interval,
+        train_loss = train_one_epoch(
+            model, batches_for_epoch(epoch), criterion, optimizer, scheduler, scheduler_interval
         )
+        if scheduler is not None and scheduler_interval == "epoch":
+            scheduler.step()
         val_loss, val_accuracy = evaluate(model, criterion, val_batches())
         saved = checkpoint_path is not None and val_loss < best_val_loss
         if saved:

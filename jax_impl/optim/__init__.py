@@ -16,7 +16,6 @@ from typing import Any
 import optax
 
 from jax_impl.optim._base import (
-    IMPLEMENTATION_ONLY,
     replace_torch_state_fields,
     set_update_count,
     torch_state_fields,
@@ -26,7 +25,7 @@ from jax_impl.optim.sgd import SGD, SGDState, sgd
 from jax_impl.spec import CallSpec, SpecError, bind_call, build_from_registry
 
 __all__ = [
-    "from_torch", "torch_arguments", "OPTIMIZERS", "IMPLEMENTATION_ONLY",
+    "from_torch", "torch_arguments", "OPTIMIZERS",
     "sgd", "SGD", "SGDState", "adam", "Adam", "AdamW", "AdamState",
     "torch_state_fields", "replace_torch_state_fields", "set_update_count",
 ]

@@ -9,7 +9,7 @@ torch's per-parameter ``step`` where torch keeps one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -17,10 +17,6 @@ import jax.numpy as jnp
 import optax
 
 PyTree = Any
-
-#: Options that only choose one of torch's kernels; accepted from a spec and ignored.
-IMPLEMENTATION_ONLY = ("foreach", "fused", "differentiable", "capturable")
-
 
 def scalar(value: Any, like: jax.Array) -> jax.Array:
     """``value`` as a 0-d array of ``like``'s dtype.
