@@ -133,7 +133,7 @@ def divergence_lines(report: ParityReport) -> list[str]:
         failing = [e.epoch for e in report.epochs if not e.val_ok]
         return [f"validation loss differs in epoch(s) {failing}"] if failing else []
     step, stage, error = found
-    tol = tolerance(stage, report.dtype, step=step.step, mode=report.mode)
+    tol = tolerance(stage, report.dtype, step=step.step, mode=report.mode, overrides=report.tolerance_overrides)
     return [
         f"first divergence: step {step.step} (epoch {step.epoch}), stage {stage}, tensor {error.name}",
         f"  {error.describe()}",
@@ -209,6 +209,11 @@ def _step_json(step: StepComparison) -> dict[str, Any]:
     }
 
 
+def _tolerance_json(report: ParityReport, stage: str) -> dict[str, Any]:
+    tol = tolerance(stage, report.dtype, overrides=report.tolerance_overrides)
+    return {"rtol": tol.rtol, "atol": tol.atol, "reason": tol.reason, "grows_with_step": report.mode == "free"}
+
+
 def to_json(report: ParityReport) -> dict[str, Any]:
     """The whole report as JSON-ready data; ``seconds`` is the only timing in it."""
     found = report.first_divergence
@@ -224,10 +229,7 @@ def to_json(report: ParityReport) -> dict[str, Any]:
         "config": report.config,
         "dtype": report.dtype,
         "mode": report.mode,
-        "tolerances": {stage: {"rtol": tolerance(stage, report.dtype).rtol,
-                               "atol": tolerance(stage, report.dtype).atol,
-                               "reason": tolerance(stage, report.dtype).reason,
-                               "grows_with_step": report.mode == "free"} for stage in STAGES},
+        "tolerances": {stage: _tolerance_json(report, stage) for stage in STAGES},
         "first_divergence": first,
         "steps": [_step_json(step) for step in report.steps],
         "epochs": [

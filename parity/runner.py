@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -31,7 +31,7 @@ from jax_impl.loop import evaluate as jax_evaluate
 from jax_impl.spec import SpecError
 from jax_impl.step import TrainState, make_eval_step, make_train_step
 from parity import convert, data
-from parity.compare import StepComparison, compare_steps, compare_tensors, tolerance
+from parity.compare import StepComparison, Tolerance, compare_steps, compare_tensors, tolerance
 from parity.spec import DTYPES, RunSpec, build_models, build_torch_loss, build_torch_optimizer, build_torch_scheduler
 from parity.trace import StepTrace
 from torch_ref import loop as torch_loop
@@ -63,6 +63,7 @@ class ParityReport:
     epochs: list[EpochSummary]
     seconds: float
     versions: dict[str, str]
+    tolerance_overrides: dict[tuple[str, str], Tolerance] = dataclasses.field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -128,6 +129,7 @@ def check_port(
     mode: str = "resync",
     progress: Progress | None = None,
     config: dict[str, Any] | None = None,
+    tolerances: Mapping[tuple[str, str], Tolerance] | None = None,
 ) -> ParityReport:
     """Train ``torch_model`` and ``jax_model`` side by side and compare every step.
 
@@ -143,6 +145,8 @@ def check_port(
       val_batches: validated after every epoch on both sides (eval mode, no gradients).
       mode: ``"resync"`` resets the JAX state from torch after every step (localises a
         difference to one step); ``"free"`` lets both run on their own.
+      tolerances: overrides of :data:`parity.compare.TOLERANCES` by (stage, dtype), each with
+        its reason (a registered case's overrides).
     """
     if mode not in ("resync", "free"):
         raise SpecError(f"mode must be resync or free, got {mode!r}")
@@ -216,7 +220,7 @@ def check_port(
                 params=converter.to_torch(state.params),
                 buffers=converter.to_torch(state.rest),
             )
-            comparison = compare_steps(step, epoch, torch_trace, jax_trace, dtype, mode)
+            comparison = compare_steps(step, epoch, torch_trace, jax_trace, dtype, mode, tolerances)
             comparisons.append(comparison)
             torch_losses.append(torch_trace.loss)
             jax_losses.append(jax_trace.loss)
@@ -237,7 +241,7 @@ def check_port(
         if val_batches is not None:
             torch_val = torch_loop.evaluate(torch_model, torch_criterion, (to_torch(b) for b in val_batches))
             jax_val = jax_evaluate(eval_step, state, (to_jax(b) for b in val_batches))
-            tol = tolerance("loss", dtype, step=step, mode=mode)
+            tol = tolerance("loss", dtype, step=step, mode=mode, overrides=tolerances)
             val_ok = compare_tensors("val_loss", torch_val[0], jax_val[0], tol).ok
             summary = dataclasses.replace(
                 summary, torch_val_loss=torch_val[0], jax_val_loss=jax_val[0],
@@ -247,7 +251,8 @@ def check_port(
     defaults = {"model": type(torch_model).__name__, "loss": loss if isinstance(loss, str) else "custom loss pair"}
     config = defaults | dict(config or {}) | {"optimizer": optimizer, "scheduler": scheduler,
                                    "scheduler_interval": scheduler_interval, "mode": mode, "dtype": dtype}
-    return ParityReport(config, dtype, mode, comparisons, summaries, time.perf_counter() - started, versions())
+    return ParityReport(config, dtype, mode, comparisons, summaries, time.perf_counter() - started, versions(),
+                        dict(tolerances or {}))
 
 
 def _torch_step(model, criterion, optimizer, names, batch) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
@@ -269,7 +274,11 @@ def _torch_buffers(model: torch.nn.Module) -> dict[str, np.ndarray]:
     return {name: convert.to_numpy(b) for name, b in model.named_buffers()}
 
 
-def run(spec: RunSpec, progress: Progress | None = None) -> ParityReport:
+def run(
+    spec: RunSpec,
+    progress: Progress | None = None,
+    tolerances: Mapping[tuple[str, str], Tolerance] | None = None,
+) -> ParityReport:
     """Run the configuration ``spec`` describes (data, models, components) through :func:`check_port`."""
     dataset = data.load(spec.data, spec.seed)
     torch_model, jax_model = build_models(
@@ -291,7 +300,7 @@ def run(spec: RunSpec, progress: Progress | None = None) -> ParityReport:
     return check_port(
         torch_model, jax_model, loss=spec.loss, optimizer=spec.optimizer, epochs=epochs,
         scheduler=spec.scheduler, scheduler_interval=spec.scheduler_interval,
-        val_batches=val_batches, mode=spec.mode, progress=progress,
+        val_batches=val_batches, mode=spec.mode, progress=progress, tolerances=tolerances,
         config=spec.to_dict() | {"data_name": dataset.name, "train_samples": len(dataset.x_train),
                                  "val_samples": len(dataset.x_val)},
     )
