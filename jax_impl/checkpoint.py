@@ -12,14 +12,15 @@ import json
 import os
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
-__all__ = ["save", "load", "flatten", "unflatten_into", "CheckpointError"]
+__all__ = ["save", "load", "flatten", "unflatten_into", "atomic_path", "CheckpointError"]
 
 _METADATA = "__metadata__"
 
@@ -70,23 +71,31 @@ def unflatten_into(template: Any, flat: Mapping[str, np.ndarray]) -> Any:
     return jax.tree.unflatten(treedef, [flat[k] for k in expected])
 
 
-def save(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, Any] | None = None) -> None:
-    """Write ``arrays`` and JSON ``metadata`` to ``path`` atomically."""
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; the block writes it, and only if the block
+    succeeds is it flushed to disk and renamed onto ``path``. On any error it is removed."""
     path = Path(path)
-    if _METADATA in arrays:
-        raise ValueError(f"{_METADATA!r} is reserved")
-    payload = {k: np.asarray(v) for k, v in arrays.items()}
-    payload[_METADATA] = np.asarray(json.dumps(dict(metadata or {})))
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(descriptor)
     try:
-        with os.fdopen(descriptor, "wb") as handle:
-            np.savez(handle, **payload)
-            handle.flush()
+        yield Path(temporary)
+        with open(temporary, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def save(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, Any] | None = None) -> None:
+    """Write ``arrays`` and JSON ``metadata`` to ``path`` atomically."""
+    if _METADATA in arrays:
+        raise ValueError(f"{_METADATA!r} is reserved")
+    payload = {k: np.asarray(v) for k, v in arrays.items()}
+    payload[_METADATA] = np.asarray(json.dumps(dict(metadata or {})))
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+        np.savez(handle, **payload)
 
 
 def load(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -8,10 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from rich import box
@@ -19,11 +15,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from jax_impl.checkpoint import atomic_path
 from parity.compare import StepComparison, TensorError, tolerance
 from parity.runner import ParityReport
 from parity.trace import STAGES
 
-__all__ = ["render", "to_json", "write_json", "write_plot", "atomic_path", "SCHEMA"]
+__all__ = ["render", "to_json", "write_json", "write_plot", "SCHEMA"]
 
 SCHEMA = "parity-report/1"
 
@@ -239,20 +236,6 @@ def to_json(report: ParityReport) -> dict[str, Any]:
         "versions": report.versions,
         "seconds": round(report.seconds, 3),
     }
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
-    path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(descriptor)
-    try:
-        yield Path(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def write_json(report: ParityReport, path: str | os.PathLike) -> None:
