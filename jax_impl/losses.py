@@ -45,6 +45,7 @@ def cross_entropy(
     """
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    per_sample_shape = target.shape  # (N,) or (N, d1, ...)
     if logits.ndim > 2:  # (N, C, d1, ...) -> (N * d1 * ..., C), as torch treats K-dim inputs
         classes = logits.shape[1]
         logits = jnp.moveaxis(logits, 1, -1).reshape(-1, classes)
@@ -64,7 +65,7 @@ def cross_entropy(
         smooth = jnp.where(keep, smooth, 0.0)
         losses = (1.0 - label_smoothing) * losses + (label_smoothing / num_classes) * smooth
     if reduction == "none":
-        return losses
+        return losses.reshape(per_sample_shape)
     if reduction == "sum":
         return losses.sum()
     return losses.sum() / sample_weight.sum()

@@ -55,7 +55,7 @@ def _literal(node: ast.expr, text: str) -> Any:
         return tuple(values) if isinstance(node, ast.Tuple) else values
     try:
         return ast.literal_eval(node)
-    except ValueError:
+    except (ValueError, TypeError):  # TypeError: an unhashable key such as {[1]} or {{}: 1}
         source = ast.get_source_segment(text, node) or ast.dump(node)
         raise SpecError(
             f"in {text!r}: argument value {source!r} is not a literal "
@@ -89,6 +89,8 @@ def parse_call(text: str) -> CallSpec:
     for keyword in node.keywords:
         if keyword.arg is None:
             raise SpecError(f"in {text!r}: '**' expansion is not allowed")
+        if keyword.arg in kwargs:
+            raise SpecError(f"in {text!r}: argument {keyword.arg!r} is given twice")
         kwargs[keyword.arg] = _literal(keyword.value, text)
     return CallSpec(node.func.id, kwargs)
 
@@ -96,7 +98,7 @@ def parse_call(text: str) -> CallSpec:
 def suggest(name: str, options: list[str]) -> str:
     """`` (did you mean 'X'?)`` for the closest option, case-insensitively; else ``''``."""
     lowered = {option.lower(): option for option in options}
-    close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.7)
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
     return f" (did you mean {lowered[close[0]]!r}?)" if close else ""
 
 

@@ -10,7 +10,7 @@ other converts without configuration; pass ``rules`` for layers of your own.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -179,8 +179,12 @@ def torch_optimizer_state(
     return flat
 
 
-def jax_optimizer_state(opt_state: Any, converter: Converter) -> dict[str, np.ndarray]:
-    """The JAX optimizer state under the same flat keys as :func:`torch_optimizer_state`."""
+def jax_optimizer_state(opt_state: Any, converter: Converter, parameter_names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The JAX optimizer state under the same flat keys as :func:`torch_optimizer_state`.
+
+    The update count is reported as every parameter's ``step``, as torch keeps one per
+    parameter.
+    """
     fields = torch_state_fields(opt_state)
     fields.pop("hyperparams", None)
     count = fields.pop("count", None)
@@ -189,15 +193,9 @@ def jax_optimizer_state(opt_state: Any, converter: Converter) -> dict[str, np.nd
         for name, array in converter.to_torch(tree).items():
             flat[f"{name}:{field}"] = array
     if count is not None:
-        for name in _parameter_names(converter, fields):
+        for name in parameter_names:
             flat[f"{name}:step"] = np.asarray(float(count))
     return flat
-
-
-def _parameter_names(converter: Converter, fields: Mapping[str, Any]) -> list[str]:
-    if not fields:
-        return []
-    return list(converter.to_torch(next(iter(fields.values()))))
 
 
 def load_torch_optimizer_state(

@@ -216,7 +216,7 @@ def check_port(
                 loss=float(metrics["loss"]),
                 lr=float(numpy_dtype(metrics["lr"])),  # the transforms cast lr to the params' dtype
                 grads=converter.to_torch(metrics["grads"]),
-                optimizer_state=convert.jax_optimizer_state(state.opt_state, converter),
+                optimizer_state=convert.jax_optimizer_state(state.opt_state, converter, list(names.values())),
                 params=converter.to_torch(state.params),
                 buffers=converter.to_torch(state.rest),
             )

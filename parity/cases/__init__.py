@@ -8,7 +8,8 @@ in float64 and float32, so a new pair enters the suite by being declared in the 
 component; a coverage test fails when a name ``from_torch`` accepts has no case.
 
 A case may relax the tolerance table for one (stage, dtype) with a
-:class:`~parity.compare.Tolerance` whose ``reason`` says why that case needs it.
+:class:`~parity.compare.Tolerance` whose ``reason`` says why that case needs it; run a case with
+``parity.run(case.run_spec(dtype), tolerances=case.tolerances)``.
 """
 
 from __future__ import annotations

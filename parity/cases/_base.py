@@ -43,6 +43,7 @@ class Case:
     def run_spec(self, dtype: str, mode: str = "resync") -> RunSpec:
         return dataclasses.replace(self.spec, dtype=dtype, mode=mode)
 
+
 #: A 32-unit SimpleNN on the digits data, 2 epochs of 5 batches of 32: a case takes a second or two.
 BASE = RunSpec(
     model="SimpleNN(hidden_size=32)",

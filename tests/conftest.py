@@ -1,0 +1,26 @@
+"""Shared test set-up.
+
+``import parity`` turns on ``jax_enable_x64``. Doing it here, before any test module runs,
+makes every test see the same JAX configuration whichever tests a worker happens to run first
+(float32 arrays stay float32: every array the code under test creates has an explicit dtype).
+
+Compiled XLA programs are kept in pytest's cache directory, one folder per xdist worker (JAX
+writes cache files without a lock, so two processes must not share one): most parity runs
+compile the same few step functions, and a rerun of the suite compiles almost nothing.
+"""
+
+import os
+
+import jax
+import pytest
+
+import parity  # noqa: F401
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.cache is None:
+        return
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    jax.config.update("jax_compilation_cache_dir", str(config.cache.mkdir(f"jax-compilation-{worker}")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
