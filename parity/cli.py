@@ -25,6 +25,15 @@ class BadInput(Exception):
     pass
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default unless it is None or False (which say nothing)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def _parser() -> argparse.ArgumentParser:
     from parity.spec import RunSpec
 
@@ -38,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Train the same model on the same seeded batches in PyTorch and in JAX and compare "
                     "loss, gradients, learning rate, optimizer state and parameters after every step. "
                     "With no arguments: the seed configuration on the embedded digits data.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     run.add_argument("--model", default=defaults.model, help="model name, e.g. SimpleNN or 'SimpleNN(hidden_size=128)'")
     run.add_argument("--loss", default=defaults.loss, help="torch.nn loss spec")
@@ -47,11 +56,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="torch.optim.lr_scheduler spec, or 'none'")
     run.add_argument("--scheduler-interval", choices=("epoch", "step"), default=defaults.scheduler_interval,
                      help="call scheduler.step() after every epoch or after every optimizer step")
-    run.add_argument("--epochs", type=int, default=defaults.epochs)
+    run.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs")
     run.add_argument("--steps-per-epoch", type=int, default=defaults.steps_per_epoch,
                      help="batches per epoch (default: one full pass over the training split)")
-    run.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    run.add_argument("--seed", type=int, default=defaults.seed)
+    run.add_argument("--batch-size", type=int, default=defaults.batch_size, help="samples per batch")
+    run.add_argument("--seed", type=int, default=defaults.seed,
+                     help="seeds torch's initialisation, the data split and the shuffling")
     run.add_argument("--dtype", choices=("float32", "float64"), default=defaults.dtype,
                      help="float64 separates semantic differences from rounding")
     run.add_argument("--mode", choices=("resync", "free"), default=defaults.mode,
