@@ -154,7 +154,7 @@ def check_port(
         raise SpecError(f"scheduler_interval must be epoch or step, got {scheduler_interval!r}")
     steps_per_epoch = _epoch_lengths(epochs, scheduler_interval)
     dtype = _dtype_name(torch_model)
-    torch_dtype, _, numpy_dtype = DTYPES[dtype]
+    numpy_dtype = DTYPES[dtype][2]
     converter = converter or convert.Converter.from_torch_module(torch_model)
     names = {parameter: name for name, parameter in torch_model.named_parameters()}
 
