@@ -74,18 +74,34 @@ def unflatten_into(template: Any, flat: Mapping[str, np.ndarray]) -> Any:
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; the block writes it, and only if the block
-    succeeds is it flushed to disk and renamed onto ``path``. On any error it is removed."""
+    succeeds is it flushed to disk and renamed onto ``path``. On any error it is removed.
+
+    A symbolic link is followed (its target is replaced, the link stays); a path that exists
+    and is not a regular file (a device, a pipe) is refused, since renaming over it would
+    replace it. The file gets the permissions a plain ``open(path, "w")`` would give.
+    """
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path} exists and is not a regular file; refusing to replace it")
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(descriptor)
     try:
         yield Path(temporary)
         with open(temporary, "rb") as handle:
             os.fsync(handle.fileno())
+        os.chmod(temporary, _default_mode())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def save(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, Any] | None = None) -> None:

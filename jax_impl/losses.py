@@ -55,6 +55,8 @@ def cross_entropy(
     keep = target != ignore_index
     safe_target = jnp.where(keep, target, 0)
     nll = -jnp.take_along_axis(log_probs, safe_target[:, None], axis=-1)[:, 0]  # (N,)
+    if weight is not None and jnp.shape(weight) != (num_classes,):
+        raise ValueError(f"weight must have one entry per class, shape ({num_classes},); got {jnp.shape(weight)}")
     class_weight = (
         jnp.ones((num_classes,), logits.dtype) if weight is None else jnp.asarray(weight, logits.dtype)
     )
@@ -107,5 +109,5 @@ def from_torch(spec: str | CallSpec) -> LossFn:
     kwargs = bind_call(call, builder, kind="loss")
     try:
         return builder(**kwargs)
-    except (TypeError, ValueError) as error:
+    except Exception as error:  # any failure to build from the spec's arguments is bad input
         raise SpecError(f"loss {call}: {error}") from None

@@ -63,9 +63,11 @@ def from_torch(
     """
     builder, call = build_from_registry(spec, SCHEDULERS, kind="scheduler")
     kwargs = bind_call(call, builder, kind="scheduler", skip=("base_lr", "optimizer"))
+    if isinstance(base_lr, bool) or not isinstance(base_lr, (int, float)) or not 0 <= base_lr < float("inf"):
+        raise SpecError(f"scheduler {call}: base_lr must be a finite non-negative number, got {base_lr!r}")
     try:
         per_epoch = builder(base_lr, **kwargs)
-    except (TypeError, ValueError) as error:
+    except Exception as error:  # any failure to build from the spec's arguments is bad input
         raise SpecError(f"scheduler {call}: {error}") from None
     if steps_per_epoch is None:
         return per_epoch

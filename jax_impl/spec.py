@@ -78,6 +78,11 @@ def parse_call(text: str) -> CallSpec:
     node = tree.body
     if isinstance(node, ast.Name):
         return CallSpec(node.id, {})
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        raise SpecError(
+            f"malformed spec {text!r}: write the class name alone, e.g. {node.func.attr}(...) "
+            f"rather than {ast.unparse(node.func)}(...)"
+        )
     if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
         raise SpecError(f"malformed spec {text!r}: expected Name(key=value, ...)")
     if node.args:

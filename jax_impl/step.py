@@ -22,7 +22,7 @@ from flax import nnx
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 Batch = tuple[jax.Array, jax.Array]
 
-__all__ = ["TrainState", "init_train_state", "make_train_step", "make_eval_step"]
+__all__ = ["TrainState", "init_train_state", "make_train_step", "make_update_step", "make_eval_step"]
 
 
 class TrainState(NamedTuple):
@@ -61,7 +61,8 @@ def make_train_step(
         inputs, targets = batch
 
         def objective(params: nnx.State):
-            model = nnx.merge(graphdef, params, state.rest)
+            # copy=True: fresh Variables at this trace level, so BatchNorm may update its stats
+            model = nnx.merge(graphdef, params, state.rest, copy=True)
             model.train()
             logits = model(inputs)
             _, _, rest = nnx.split(model, nnx.Param, ...)
@@ -79,6 +80,20 @@ def make_train_step(
         return TrainState(params, rest, opt_state), metrics
 
     return jax.jit(train_step) if jit else train_step
+
+
+def make_update_step(
+    tx: optax.GradientTransformation, *, jit: bool = True
+) -> Callable[[nnx.State, optax.OptState, nnx.State], tuple[nnx.State, optax.OptState, Any]]:
+    """``update_step(params, opt_state, grads) -> (params, opt_state, lr)``: the optimizer half
+    of a train step, on gradients from elsewhere (``lr`` is None without an injected ``lr``)."""
+
+    def update_step(params: nnx.State, opt_state: optax.OptState, grads: nnx.State):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        hyperparams = getattr(opt_state, "hyperparams", None) or {}
+        return optax.apply_updates(params, updates), opt_state, hyperparams.get("lr")
+
+    return jax.jit(update_step) if jit else update_step
 
 
 def make_eval_step(

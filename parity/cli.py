@@ -20,6 +20,15 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        # an unknown option after a subcommand is reported with that subcommand's usage
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            command = f"{self.prog} {parsed.command}" if getattr(parsed, "command", None) else self.prog
+            self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: unrecognized arguments: {' '.join(extra)} "
+                                      f"(see {command} --help)\n")
+        return parsed
+
 
 class BadInput(Exception):
     pass
@@ -77,14 +86,18 @@ def _parser() -> argparse.ArgumentParser:
 def _check_output(flag: str, value: str | None, suffix: str | None = None) -> None:
     if value is None:
         return
+    if not value.strip():
+        raise BadInput(f"{flag}: empty path")
     path = Path(value)
-    if path.is_dir():
+    if value.endswith(("/", os.sep)) or path.is_dir():
         raise BadInput(f"{flag} {value}: is a directory; give a file path")
-    parent = path.parent if str(path.parent) else Path(".")
+    if path.exists() and not path.resolve().is_file():
+        raise BadInput(f"{flag} {value}: exists and is not a regular file")
+    parent = path.resolve().parent
     if not parent.is_dir():
-        raise BadInput(f"{flag} {value}: directory {parent} does not exist")
+        raise BadInput(f"{flag} {value}: directory {path.parent} does not exist")
     if not os.access(parent, os.W_OK):
-        raise BadInput(f"{flag} {value}: directory {parent} is not writable")
+        raise BadInput(f"{flag} {value}: directory {path.parent} is not writable")
     if suffix and path.suffix.lower() != suffix:
         raise BadInput(f"{flag} {value}: expected a {suffix} file name")
 
@@ -99,6 +112,8 @@ def _run(args: argparse.Namespace) -> int:
 
     _check_output("--json", args.json)
     _check_output("--plot", args.plot, ".png")
+    if args.json and args.plot and Path(args.json).resolve() == Path(args.plot).resolve():
+        raise BadInput(f"--json and --plot name the same file {args.json}")
     scheduler = None if args.scheduler.strip().lower() in ("none", "") else args.scheduler
     try:
         spec = parity.RunSpec(
@@ -161,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as error:
         print(f"parity: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("parity: interrupted; no report written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

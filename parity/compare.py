@@ -70,7 +70,7 @@ class TensorError:
     ok: bool
     max_abs: float  # largest |jax - torch|
     max_rel: float  # largest |jax - torch| / |torch|
-    index: tuple[int, ...]  # where the largest absolute difference is
+    index: tuple[int, ...]  # the element with the largest error relative to its tolerance
     mismatched: int  # elements outside tolerance
     size: int
     ratio: float = 0.0  # largest |jax - torch| / (atol + rtol |torch|): above 1 fails
@@ -109,7 +109,7 @@ def compare_tensors(name: str, torch_value, jax_value, tol: Tolerance) -> Tensor
         return TensorError(name, True, 0.0, 0.0, (), 0, 0)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(difference == 0, 0.0, difference / allowed)
-    flat = int(np.argmax(difference))
+    flat = int(np.argmax(ratio))  # the element furthest outside (or least inside) its tolerance
     index = tuple(int(i) for i in np.unravel_index(flat, expected.shape))
     return TensorError(
         name, not bad.any(), float(difference.max()), float(relative.max()), index,

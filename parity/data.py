@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jax_impl.spec import suggest
+
 __all__ = ["DataError", "Dataset", "load", "digits", "synthetic", "from_npz"]
 
 
@@ -53,9 +55,18 @@ class Dataset:
             yield self.x_val[start : start + batch_size].astype(dtype), self.y_val[start : start + batch_size]
 
 
+#: More classes than this is taken for a labelling mistake (a model with that many outputs).
+MAX_CLASSES = 100_000
+
+
 def _split(name: str, x: np.ndarray, y: np.ndarray, seed: int, val_fraction: float = 0.2) -> Dataset:
     order = np.random.default_rng(seed).permutation(len(x))
     cut = len(x) - int(round(val_fraction * len(x)))
+    if cut < 1 or cut == len(x):
+        raise DataError(
+            f"--data {name}: {len(x)} samples are too few to hold out {val_fraction:.0%} for validation; "
+            "add samples or give 'x_val' and 'y_val'"
+        )
     train, val = order[:cut], order[cut:]
     return Dataset(name, x[train], y[train], x[val], y[val], int(y.max()) + 1)
 
@@ -83,13 +94,22 @@ def from_npz(path: str | Path, seed: int = 0) -> Dataset:
     """A user's ``.npz`` with ``x`` (N, ...) and ``y`` (N,) integer labels, and optionally
     ``x_val``/``y_val``; without them 20% of ``x`` is held out with a seeded split."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"--data {path}: is a directory, not an .npz file")
     if not path.is_file():
         raise DataError(f"--data {path}: no such file")
+    not_npz = f"--data {path}: not an .npz archive (write one with numpy.savez(path, x=..., y=...))"
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        loaded = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError):
+        raise DataError(not_npz) from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):  # a plain .npy array
+        raise DataError(not_npz)
+    try:
+        with loaded as archive:
             arrays = {key: archive[key] for key in archive.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
-        raise DataError(f"--data {path}: not a readable .npz archive ({error})") from None
+        raise DataError(f"--data {path}: the archive is damaged ({error})") from None
     for key in ("x", "y"):
         if key not in arrays:
             raise DataError(f"--data {path}: missing array {key!r} (found: {', '.join(sorted(arrays)) or 'none'})")
@@ -98,14 +118,23 @@ def from_npz(path: str | Path, seed: int = 0) -> Dataset:
     pairs = [("x", "y")] + ([("x_val", "y_val")] if "x_val" in arrays else [])
     for x_key, y_key in pairs:
         x, y = arrays[x_key], arrays[y_key]
-        if not np.issubdtype(x.dtype, np.number) or x.ndim < 2:
-            raise DataError(f"--data {path}: {x_key!r} must be a numeric array (N, features...), got {x.dtype} {x.shape}")
+        if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)) or x.ndim < 2:
+            raise DataError(
+                f"--data {path}: {x_key!r} must be a real numeric array (N, features...), got {x.dtype} {x.shape}"
+            )
+        if x.shape[1:] and int(np.prod(x.shape[1:])) == 0:
+            raise DataError(f"--data {path}: {x_key!r} has no features, shape {x.shape}")
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
             raise DataError(f"--data {path}: {y_key!r} must be integer class labels of shape (N,), got {y.dtype} {y.shape}")
         if len(x) != len(y):
             raise DataError(f"--data {path}: {x_key!r} has {len(x)} samples but {y_key!r} has {len(y)}")
         if len(y) and y.min() < 0:
             raise DataError(f"--data {path}: {y_key!r} has negative labels (min {y.min()})")
+        if len(y) and y.max() >= MAX_CLASSES:
+            raise DataError(
+                f"--data {path}: {y_key!r} has label {y.max()}; labels are class indices 0..C-1 "
+                f"(at most {MAX_CLASSES} classes)"
+            )
         if not np.all(np.isfinite(x)):
             raise DataError(f"--data {path}: {x_key!r} contains NaN or Inf")
     if "x_val" in arrays and arrays["x_val"].shape[1:] != arrays["x"].shape[1:]:
@@ -126,8 +155,13 @@ def from_npz(path: str | Path, seed: int = 0) -> Dataset:
 
 def load(source: str, seed: int = 0) -> Dataset:
     """``"digits"``, ``"synthetic"`` or a path to an ``.npz`` file."""
-    if source == "digits":
-        return digits(seed)
-    if source == "synthetic":
-        return synthetic(seed)
-    return from_npz(source, seed)
+    builtin = {"digits": digits, "synthetic": synthetic}
+    if source in builtin:
+        return builtin[source](seed)
+    path = Path(source)
+    if not path.exists() and path.suffix == "" and "/" not in source:
+        raise DataError(
+            f"--data {source}: unknown data set{suggest(source, list(builtin))}; "
+            "use digits, synthetic or a path to an .npz file"
+        )
+    return from_npz(path, seed)

@@ -50,7 +50,11 @@ LIKELY_CAUSES = {
 
 
 def _fmt(value: float | None, spec: str = ".6g") -> str:
-    return "-" if value is None else format(value, spec)
+    if value is None:
+        return "-"
+    if spec.endswith("f") and math.isfinite(value) and abs(value) >= 1e6:
+        return format(value, ".6e")  # a diverging loss: keep the column narrow
+    return format(value, spec)
 
 
 def _error_cell(step: StepComparison, stage: str) -> Text:
@@ -125,45 +129,55 @@ def epoch_table(report: ParityReport) -> Table:
 
 
 def divergence_lines(report: ParityReport) -> list[str]:
+    lines = []
     found = report.first_divergence
-    if found is None:
-        failing = [e.epoch for e in report.epochs if not e.val_ok]
-        return [f"validation loss differs in epoch(s) {failing}"] if failing else []
-    step, stage, error = found
-    tol = tolerance(stage, report.dtype, step=step.step, mode=report.mode, overrides=report.tolerance_overrides)
-    return [
-        f"first divergence: step {step.step} (epoch {step.epoch}), stage {stage}, tensor {error.name}",
-        f"  {error.describe()}",
-        f"  tolerance: rtol {tol.rtol:.1e}, atol {tol.atol:.1e} ({tol.reason})",
-        f"  likely cause: {LIKELY_CAUSES[stage]}",
-    ]
+    if found is not None:
+        step, stage, error = found
+        tol = tolerance(stage, report.dtype, step=step.step, mode=report.mode, overrides=report.tolerance_overrides)
+        lines += [
+            f"first divergence: step {step.step} (epoch {step.epoch}), stage {stage}, tensor {error.name}",
+            f"  {error.describe()}",
+            f"  tolerance: rtol {tol.rtol:.1e}, atol {tol.atol:.1e} ({tol.reason})",
+            f"  likely cause: {LIKELY_CAUSES[stage]}",
+        ]
+    for summary in report.epochs:
+        if not summary.val_ok:
+            difference = abs(summary.jax_val_loss - summary.torch_val_loss)
+            lines.append(
+                f"validation loss differs in epoch {summary.epoch}: torch {summary.torch_val_loss:.10g} vs "
+                f"jax {summary.jax_val_loss:.10g} (abs err {difference:.3g}; the loss tolerance applies)"
+            )
+    return lines
 
 
 def render(report: ParityReport, console: Console, *, all_steps: bool = False) -> None:
     """Print the per-step table, the epoch table and the verdict."""
     config = report.config
-    console.print(
-        f"[bold]parity run[/]: {config.get('model', 'model')} · {config.get('loss', '')} · "
-        f"{config.get('optimizer')} · {config.get('scheduler') or 'no scheduler'}"
-        f"{' per ' + config['scheduler_interval'] if config.get('scheduler') else ''} · "
-        f"{report.dtype} · {report.mode}"
-        + (f" · data {config['data_name']} ({config['train_samples']} train / {config['val_samples']} val)"
-           if "data_name" in config else "")
-    )
+    parts = [config.get("model", "model"), config.get("loss", ""), config.get("optimizer", "")]
+    if config.get("scheduler"):
+        parts.append(f"{config['scheduler']} per {config['scheduler_interval']}")
+    parts += [report.dtype, report.mode]
+    if "data_name" in config:
+        parts.append(
+            f"data {config['data_name']}: {config['train_samples']} train / {config['val_samples']} val, "
+            f"{config['input_size']} features, {config['num_classes']} classes"
+        )
+    console.print("[bold]parity[/]: " + " · ".join(parts), highlight=False)
     console.print(step_table(report, limit=len(report.steps) if all_steps else 30))
     if report.epochs:
         console.print(epoch_table(report))
     failing_steps = sum(not s.ok for s in report.steps)
+    failing_epochs = sum(not e.val_ok for e in report.epochs)
     if report.ok:
         console.print(
             f"[bold green]PARITY HOLDS[/]: {len(report.steps)} steps, every stage within the "
             f"{report.dtype} tolerances ({report.seconds:.1f} s)"
         )
     else:
-        console.print(
-            f"[bold red]DIVERGENCE[/]: {failing_steps} of {len(report.steps)} steps differ "
-            f"beyond the {report.dtype} tolerances ({report.seconds:.1f} s)"
-        )
+        what = f"{failing_steps} of {len(report.steps)} steps differ"
+        if failing_epochs:
+            what += f" and the validation loss of {failing_epochs} epoch(s) differs"
+        console.print(f"[bold red]DIVERGENCE[/]: {what} beyond the {report.dtype} tolerances ({report.seconds:.1f} s)")
         for line in divergence_lines(report):
             console.print(line, highlight=False, markup=False)
 
@@ -251,13 +265,16 @@ def write_plot(report: ParityReport, path: str | os.PathLike) -> None:
     """A PNG: both frameworks' losses (top) and each stage's largest error as a fraction of
     its tolerance (bottom, log scale; above the line at 1 is a divergence), with the first
     divergence marked. Bit-identical steps leave gaps."""
+    if not os.fspath(path).lower().endswith(".png"):
+        raise ValueError(f"{path}: the plot is a PNG; give a .png file name")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     steps = [s.step for s in report.steps]
-    figure, (losses, errors) = plt.subplots(2, 1, figsize=(9, 7), sharex=True, constrained_layout=True)
+    figure, (losses, errors) = plt.subplots(2, 1, figsize=(10.5, 7), sharex=True, constrained_layout=True)
     losses.plot(steps, [s.torch_loss for s in report.steps], label="torch", linewidth=2)
     losses.plot(steps, [s.jax_loss for s in report.steps], label="jax", linestyle="--")
     losses.set_ylabel("training loss")
@@ -266,11 +283,12 @@ def write_plot(report: ParityReport, path: str | os.PathLike) -> None:
         f"{report.config.get('model', '')} · {report.config.get('optimizer')} · {report.dtype} · "
         f"{report.mode}: {'parity holds' if report.ok else 'DIVERGENCE'}"
     )
+    floor = 1e-4
     for stage in STAGES:
         if not any(s.stages[stage].tensors for s in report.steps):
             continue
-        # zeros (bit-identical) leave gaps on the log scale; failures beyond 1e6 are clipped
-        values = [min(s.stages[stage].ratio, 1e6) or math.nan for s in report.steps]
+        # exact agreement is drawn on the floor; failures beyond 1e6 are clipped
+        values = [min(max(s.stages[stage].ratio, floor), 1e6) for s in report.steps]
         errors.semilogy(steps, values, label=stage, marker="." if len(steps) < 60 else None)
     errors.axhline(1.0, color="black", linewidth=1, label="tolerance")
     found = report.first_divergence
@@ -279,8 +297,9 @@ def write_plot(report: ParityReport, path: str | os.PathLike) -> None:
         errors.axvline(step.step, color="red", linestyle=":", label=f"first divergence ({stage}: {error.name})")
         losses.axvline(step.step, color="red", linestyle=":")
     errors.set_xlabel("optimizer step")
-    errors.set_ylabel("max error / tolerance")
-    errors.legend(fontsize="small", ncol=2)
+    errors.set_ylabel("max error / tolerance\n(exact agreement drawn at 1e-4)")
+    errors.xaxis.set_major_locator(MaxNLocator(integer=True))
+    errors.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     errors.grid(True, which="major", alpha=0.3)
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=110)

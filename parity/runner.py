@@ -9,6 +9,7 @@ Two entry points:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import platform
 import time
@@ -29,7 +30,7 @@ import jax_impl.schedules
 from jax_impl.checkpoint import flatten
 from jax_impl.loop import evaluate as jax_evaluate
 from jax_impl.spec import SpecError
-from jax_impl.step import TrainState, make_eval_step, make_train_step
+from jax_impl.step import TrainState, make_eval_step, make_train_step, make_update_step
 from parity import convert, data
 from parity.compare import StepComparison, Tolerance, compare_steps, compare_tensors, tolerance
 from parity.spec import DTYPES, RunSpec, build_models, build_torch_loss, build_torch_optimizer, build_torch_scheduler
@@ -102,11 +103,20 @@ def _check_jax_dtype(params: nnx.State, dtype: str) -> None:
         raise SpecError(f"the JAX model must be {dtype} like the torch model (pass param_dtype): {'; '.join(wrong)}")
 
 
-def _epoch_lengths(epochs: Sequence[Sequence[Batch]], interval: str) -> int | None:
+def _epoch_lengths(epochs: Sequence[Sequence[Batch]], scheduler: str | None, interval: str) -> int | None:
+    """Check the shape of ``epochs``; the per-epoch scheduler's epoch length, else None."""
+    if not isinstance(epochs, Sequence) or len(epochs) == 0:
+        raise SpecError("epochs must be a non-empty list of epochs, each a list of (inputs, targets) batches")
+    for index, batches in enumerate(epochs):
+        if isinstance(batches, tuple) and len(batches) == 2 and all(isinstance(a, np.ndarray) for a in batches):
+            raise SpecError(
+                "epochs must be a list of epochs, each a list of (inputs, targets) batches; "
+                "this looks like a flat list of batches: pass [batches] for one epoch"
+            )
+        if len(batches) == 0:
+            raise SpecError(f"epoch {index} has no batches")
     lengths = {len(batches) for batches in epochs}
-    if 0 in lengths:
-        raise SpecError("every epoch needs at least one batch")
-    if interval == "step":
+    if scheduler is None or interval == "step":
         return None
     if len(lengths) != 1:
         raise SpecError(
@@ -152,32 +162,31 @@ def check_port(
         raise SpecError(f"mode must be resync or free, got {mode!r}")
     if scheduler_interval not in ("epoch", "step"):
         raise SpecError(f"scheduler_interval must be epoch or step, got {scheduler_interval!r}")
-    steps_per_epoch = _epoch_lengths(epochs, scheduler_interval)
+    steps_per_epoch = _epoch_lengths(epochs, scheduler, scheduler_interval)
     dtype = _dtype_name(torch_model)
     numpy_dtype = DTYPES[dtype][2]
     converter = converter or convert.Converter.from_torch_module(torch_model)
     names = {parameter: name for name, parameter in torch_model.named_parameters()}
 
-    # torch side, exactly as a PyTorch user builds it
-    if isinstance(loss, str):
-        torch_criterion, jax_loss = build_torch_loss(loss, dtype), jax_impl.losses.from_torch(loss)
-    else:
-        torch_criterion, jax_loss = loss
-    torch_optimizer = build_torch_optimizer(optimizer, torch_model.parameters())
-    torch_scheduler = build_torch_scheduler(scheduler, torch_optimizer) if scheduler else None
-
-    # JAX side, built from the same specs by jax_impl alone
+    # JAX side, built from the specs by jax_impl alone (first: its messages name our checks)
     graphdef, params, rest = nnx.split(jax_model, nnx.Param, ...)
     _check_jax_dtype(params, dtype)
     params = converter.to_jax(_torch_params(torch_model), params, what="parameters")
     rest = converter.to_jax(_torch_buffers(torch_model), rest, what="buffers")
+    jax_loss = jax_impl.losses.from_torch(loss) if isinstance(loss, str) else loss[1]
     tx = jax_impl.optim.from_torch(optimizer)
+
+    # torch side, exactly as a PyTorch user builds it
+    torch_criterion = build_torch_loss(loss, dtype) if isinstance(loss, str) else loss[0]
+    torch_optimizer = build_torch_optimizer(optimizer, torch_model.parameters())
+    torch_scheduler = build_torch_scheduler(scheduler, torch_optimizer) if scheduler else None
     if scheduler:
         base_lr = jax_impl.optim.torch_arguments(optimizer)["lr"]
         schedule = jax_impl.schedules.from_torch(scheduler, base_lr, steps_per_epoch)
         tx = jax_impl.optim.from_torch(optimizer, lr=schedule)
     state = TrainState(params, rest, tx.init(params))
     train_step = make_train_step(graphdef, jax_loss, tx, with_grads=True)
+    update_step = make_update_step(tx)
     eval_step = make_eval_step(graphdef, jax_loss)
 
     def to_torch(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,7 +207,10 @@ def check_port(
         for batch in batches:
             # torch: the user's loop, with the gradients read just before optimizer.step()
             torch_lr = float(torch_optimizer.param_groups[0]["lr"])
-            torch_loss, captured = _torch_step(torch_model, torch_criterion, torch_optimizer, names, to_torch(batch))
+            with _first_step_errors(step, "torch"):
+                torch_loss, captured = _torch_step(
+                    torch_model, torch_criterion, torch_optimizer, names, to_torch(batch)
+                )
             torch_trace = StepTrace(
                 loss=float(torch_loss.item()),
                 lr=float(numpy_dtype(torch_lr)),  # torch casts lr to the parameters' dtype
@@ -211,10 +223,21 @@ def check_port(
                 torch_scheduler.step()
 
             # JAX: the compiled functional step
-            state, metrics = train_step(state, to_jax(batch))
+            state_before = state
+            with _first_step_errors(step, "JAX"):
+                state, metrics = train_step(state, to_jax(batch))
+            jax_lr = metrics["lr"]
+            if mode == "resync":
+                # The optimizer half once more, on torch's gradients: the optimizer stages are
+                # then checked from identical inputs, and the rounding of the JAX gradients
+                # (checked at the gradient stage) cannot be amplified by an update such as
+                # Adam's g / (sqrt(v) + eps) into a false difference in the parameters.
+                torch_grads = converter.to_jax(torch_trace.grads, state_before.params, what="gradients")
+                params, opt_state, jax_lr = update_step(state_before.params, state_before.opt_state, torch_grads)
+                state = TrainState(params, state.rest, opt_state)
             jax_trace = StepTrace(
                 loss=float(metrics["loss"]),
-                lr=float(numpy_dtype(metrics["lr"])),  # the transforms cast lr to the params' dtype
+                lr=float(numpy_dtype(jax_lr)),  # the transforms cast lr to the params' dtype
                 grads=converter.to_torch(metrics["grads"]),
                 optimizer_state=convert.jax_optimizer_state(state.opt_state, converter, list(names.values())),
                 params=converter.to_torch(state.params),
@@ -255,12 +278,33 @@ def check_port(
                         dict(tolerances or {}))
 
 
+@contextlib.contextmanager
+def _first_step_errors(step: int, side: str):
+    """An error in the very first step is a configuration the side cannot run (a class weight
+    of the wrong length, a model that does not fit the data): report it as bad input."""
+    try:
+        yield
+    except SpecError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError) as error:
+        if step != 0:
+            raise
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SpecError(f"the {side} side failed on the first batch: {message}") from None
+
+
 def _torch_step(model, criterion, optimizer, names, batch) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
     """``torch_ref.loop.train_step`` on ``batch``; also returns the gradients ``step()`` saw."""
     grads: dict[str, np.ndarray] = {}
 
     def read_grads() -> None:
-        grads.update({name: convert.to_numpy(p.grad) for p, name in names.items() if p.grad is not None})
+        missing = [name for p, name in names.items() if p.grad is None]
+        if missing:
+            raise SpecError(
+                f"torch parameter(s) {', '.join(missing)} received no gradient (frozen or unused); "
+                "the harness compares models whose every parameter is trained"
+            )
+        grads.update({name: convert.to_numpy(p.grad) for p, name in names.items()})
 
     loss, _ = torch_loop.train_step(model, criterion, optimizer, *batch, before_step=read_grads)
     return loss, grads
@@ -302,5 +346,6 @@ def run(
         scheduler=spec.scheduler, scheduler_interval=spec.scheduler_interval,
         val_batches=val_batches, mode=spec.mode, progress=progress, tolerances=tolerances,
         config=spec.to_dict() | {"data_name": dataset.name, "train_samples": len(dataset.x_train),
-                                 "val_samples": len(dataset.x_val)},
+                                 "val_samples": len(dataset.x_val), "input_size": dataset.input_size,
+                                 "num_classes": dataset.num_classes},
     )

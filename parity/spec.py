@@ -97,6 +97,9 @@ def build_models(
     for key, value in given.items():
         if key in kwargs and kwargs[key] != value:
             raise SpecError(f"model {call}: {key}={kwargs[key]} but the data has {value}")
+    for key, value in kwargs.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SpecError(f"model {call}: {key} must be a positive integer, got {value!r}")
     parameters = inspect.signature(torch_cls.__init__).parameters
     kwargs |= {k: v for k, v in given.items() if k in parameters}
     torch_dtype, jax_dtype, _ = DTYPES[dtype]
@@ -104,7 +107,7 @@ def build_models(
         torch.manual_seed(seed)
         torch_model = torch_cls(**kwargs).to(torch_dtype)
         jax_model = jax_cls(**kwargs, rngs=nnx.Rngs(seed), param_dtype=jax_dtype)
-    except (TypeError, ValueError) as error:
+    except Exception as error:  # any failure to build from the user's arguments is bad input
         raise SpecError(f"model {call}: {error}") from None
     return torch_model, jax_model
 
@@ -124,7 +127,7 @@ def build_torch_optimizer(spec: str, params) -> torch.optim.Optimizer:
     kwargs = _torch_kwargs(call, cls, "optimizer", ("params",))
     try:
         return cls(params, **kwargs)
-    except (TypeError, ValueError) as error:
+    except Exception as error:  # any failure to build from the user's arguments is bad input
         raise SpecError(f"optimizer {call}: {error}") from None
 
 
@@ -134,7 +137,7 @@ def build_torch_scheduler(spec: str, optimizer: torch.optim.Optimizer):
     kwargs = _torch_kwargs(call, cls, "scheduler", ("optimizer",))
     try:
         return cls(optimizer, **kwargs)
-    except (TypeError, ValueError) as error:
+    except Exception as error:  # any failure to build from the user's arguments is bad input
         raise SpecError(f"scheduler {call}: {error}") from None
 
 
@@ -151,5 +154,5 @@ def build_torch_loss(spec: str, dtype: str) -> torch.nn.Module:
             kwargs[key] = torch.tensor(kwargs[key], dtype=torch_dtype)
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError) as error:
+    except Exception as error:  # any failure to build from the user's arguments is bad input
         raise SpecError(f"loss {call}: {error}") from None

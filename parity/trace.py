@@ -20,7 +20,10 @@ class StepTrace:
     ``grads`` are the gradients as the optimizer receives them; ``lr`` is the learning rate
     this update used (``optimizer.param_groups[0]['lr']`` before ``step()``, rounded to the
     parameters' dtype as torch's kernels round it); the optimizer
-    state, parameters and buffers are read after the step. Keys are torch names
+    state, parameters and buffers are read after the step. In resync mode the JAX side's
+    optimizer state and parameters come from applying its optimizer to *torch's* gradients
+    (its own gradients are compared at the gradient stage), so each stage is checked from
+    identical inputs. Keys are torch names
     (``fc1.weight``; optimizer state ``fc1.weight:momentum_buffer``).
     """
 

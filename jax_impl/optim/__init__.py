@@ -53,7 +53,7 @@ def from_torch(spec: str | CallSpec, *, lr: Any = None) -> optax.GradientTransfo
         transform = builder(**kwargs)  # validates the values the spec gave
         if lr is not None:
             transform = builder(**{**kwargs, "lr": lr})
-    except (TypeError, ValueError) as error:
+    except Exception as error:  # any failure to build from the spec's arguments is bad input
         raise SpecError(f"optimizer {call}: {error}") from None
     return transform
 

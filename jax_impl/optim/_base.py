@@ -97,8 +97,13 @@ def next_count(count: jax.Array) -> jax.Array:
 
 
 def check_lr(lr: Any) -> None:
-    """torch's check, skipped for a schedule (a callable of the update count)."""
-    if not callable(lr) and lr < 0.0:
+    """torch's check (plus: a number, and finite), skipped for a schedule (a callable of the
+    update count)."""
+    if callable(lr):
+        return
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        raise ValueError(f"Invalid learning rate: {lr!r} (expected a number)")
+    if not 0.0 <= lr < float("inf"):
         raise ValueError(f"Invalid learning rate: {lr}")
 
 

@@ -44,7 +44,7 @@ def test_nan_is_a_named_constant():
     ("SGD(0.01, momentum=0.9)", "keyword"),
     ("SGD(lr=float('inf'))", "not a literal"),  # a call
     ("SGD(lr=math.pi)", "not a literal"),  # attribute access
-    ("torch.optim.SGD(lr=0.1)", "expected Name"),
+    ("torch.optim.SGD(lr=0.1)", "write the class name alone, e.g. SGD(...)"),
     ("SGD(**{'lr': 0.1})", "'**'"),
     ("SGD(lr=__import__('os').system('echo pwned'))", "not a literal"),
     ("__import__('os')", "keyword"),

@@ -99,6 +99,10 @@ def test_argparse_errors_exit_2(capsys, args, message):
         ({"x": np.full((10, 4), np.nan), "y": np.zeros(10, np.int64)}, "NaN or Inf"),
         ({"x": np.zeros((10, 4)), "y": np.zeros(10, np.int64), "x_val": np.zeros((3, 5)), "y_val": np.zeros(3, np.int64)},
          "'x_val' samples have shape (5,)"),
+        ({"x": np.zeros((2, 4)), "y": np.zeros(2, np.int64)}, "too few to hold out 20% for validation"),
+        ({"x": np.zeros((10, 0)), "y": np.zeros(10, np.int64)}, "'x' has no features"),
+        ({"x": np.zeros((10, 4), complex), "y": np.zeros(10, np.int64)}, "must be a real numeric array"),
+        ({"x": np.zeros((10, 4)), "y": np.full(10, 10**7)}, "has label 10000000"),
     ],
 )
 def test_ill_shaped_data_exit_2(capsys, tmp_path, arrays, message):
@@ -115,7 +119,7 @@ def test_corrupted_npz_exit_2(capsys, tmp_path):
     path = tmp_path / "data.npz"
     path.write_bytes(b"PK\x03\x04 not really a zip")
     code, _, err = run_cli(capsys, *SMALL, "--data", str(path))
-    assert code == 2 and "not a readable .npz" in err
+    assert code == 2 and "not an .npz archive" in err
 
 
 def test_user_npz_data(capsys, tmp_path):
@@ -126,7 +130,7 @@ def test_user_npz_data(capsys, tmp_path):
     code, out, err = run_cli(capsys, "--data", str(path), "--epochs", "1", "--batch-size", "8",
                              "--model", "SimpleNN(hidden_size=8)", "--dtype", "float64")
     assert code == 0, out + err
-    assert "mine.npz (40 train / 8 val)" in out
+    assert "mine.npz: 40 train / 8 val, 12 features, 3 classes" in out
 
 
 def test_json_and_plot(capsys, tmp_path):
@@ -176,3 +180,54 @@ def test_console_script_exit_codes(tmp_path):
         "parity: error: optimizer SGD(lr=0.1, nesterov=True): "
         "Nesterov momentum requires a momentum and zero dampening"
     )
+
+
+@pytest.mark.parametrize("name, message", [("digitz", "unknown data set (did you mean 'digits'?)")])
+def test_unknown_builtin_data_exit_2(capsys, name, message):
+    code, _, err = run_cli(capsys, *SMALL, "--data", name)
+    assert code == 2 and message in err
+
+
+def test_plain_npy_is_not_an_npz(capsys, tmp_path):
+    path = tmp_path / "x.npy"
+    np.save(path, np.zeros((10, 4)))
+    code, _, err = run_cli(capsys, *SMALL, "--data", str(path))
+    assert code == 2 and "not an .npz archive" in err
+
+
+def test_a_failing_first_batch_is_bad_input_naming_the_side(capsys):
+    # a class weight of the wrong length is only detectable once torch sees the logits
+    code, _, err = run_cli(capsys, *SMALL, "--loss", "CrossEntropyLoss(weight=[1.0, 2.0])")
+    assert code == 2
+    assert "the torch side failed on the first batch" in err and "weight" in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--json", "/dev/null"], "exists and is not a regular file"),
+    (["--json", "out/"], "is a directory"),
+    (["--json", ""], "empty path"),
+])
+def test_output_paths_that_cannot_be_written_atomically(capsys, flags, message):
+    code, _, err = run_cli(capsys, *SMALL, *flags)
+    assert code == 2 and message in err
+
+
+def test_json_and_plot_may_not_share_a_path(capsys, tmp_path):
+    same = tmp_path / "same.png"
+    code, _, err = run_cli(capsys, *SMALL, "--json", str(same), "--plot", str(same))
+    assert code == 2 and "name the same file" in err
+    assert not same.exists()
+
+
+def test_a_symlinked_output_writes_its_target_with_umask_permissions(capsys, tmp_path):
+    import os
+
+    target, link = tmp_path / "target.json", tmp_path / "link.json"
+    link.symlink_to(target)
+    old = os.umask(0o022)
+    try:
+        assert run_cli(capsys, *SMALL, "--json", str(link))[0] == 0
+    finally:
+        os.umask(old)
+    assert link.is_symlink() and json.loads(target.read_text())["ok"] is True
+    assert target.stat().st_mode & 0o777 == 0o644

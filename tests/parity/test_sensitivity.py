@@ -248,3 +248,63 @@ def test_free_mode_reports_a_planted_difference(dtype: str, monkeypatch):
     report = _run("sgd_momentum", dtype, "free")
     # as for the plant in the update: step 0's buffer is the gradient itself
     assert _location(report) == (1, "optimizer_state", "fc1.weight:momentum_buffer"), _describe(report)
+
+
+# ---------------------------------------------------------------------------------------------
+# How check_port reads its epochs, and how a validation-only difference is reported.
+
+def _tiny_port_pair():
+    torch.manual_seed(0)
+    return torch_ref.models.SimpleNN(64, 8, 10), jax_impl.models.SimpleNN(64, 8, 10, rngs=nnx.Rngs(0))
+
+
+def _digits_batches(count: int):
+    return list(data.digits(0).train_batches(0, 16, 0, count))
+
+
+@pytest.mark.parametrize("epochs, message", [
+    ([], "non-empty list of epochs"),
+    ([[]], "epoch 0 has no batches"),
+])
+def test_check_port_rejects_malformed_epochs(epochs, message):
+    torch_model, jax_model = _tiny_port_pair()
+    with pytest.raises(parity.SpecError, match=message):
+        parity.check_port(torch_model, jax_model, loss="CrossEntropyLoss()", optimizer="SGD(lr=0.1)", epochs=epochs)
+
+
+def test_check_port_names_a_flat_list_of_batches():
+    torch_model, jax_model = _tiny_port_pair()
+    with pytest.raises(parity.SpecError, match=r"pass \[batches\] for one epoch"):
+        parity.check_port(torch_model, jax_model, loss="CrossEntropyLoss()", optimizer="SGD(lr=0.1)",
+                          epochs=_digits_batches(2))
+
+
+def test_unequal_epochs_need_only_a_per_epoch_scheduler_to_be_refused():
+    batches = _digits_batches(3)
+    torch_model, jax_model = _tiny_port_pair()
+    report = parity.check_port(torch_model, jax_model, loss="CrossEntropyLoss()", optimizer="SGD(lr=0.1)",
+                               epochs=[batches[:1], batches])
+    assert report.ok and len(report.steps) == 4
+    torch_model, jax_model = _tiny_port_pair()
+    with pytest.raises(parity.SpecError, match="same number of batches in every epoch"):
+        parity.check_port(torch_model, jax_model, loss="CrossEntropyLoss()", optimizer="SGD(lr=0.1)",
+                          scheduler="StepLR(step_size=1)", epochs=[batches[:1], batches])
+
+
+def test_a_validation_only_difference_is_reported_with_both_values():
+    from rich.console import Console
+
+    from parity.compare import Tolerance
+    from parity.report import render
+
+    strict = {("loss", "float32"): Tolerance(0.0, 0.0, "bit-exact, to force a validation difference")}
+    # resync keeps training identical; float32 validation losses differ by an ulp or so
+    candidates = [parity.run(dataclasses.replace(_SMALL, seed=seed), tolerances=strict) for seed in range(3)]
+    report = next((r for r in candidates if any(not e.val_ok for e in r.epochs)), None)
+    assert report is not None, "no seed gave a float32 validation loss that is not bit-identical"
+    assert not report.ok
+    console = Console(record=True, width=200)
+    render(report, console)
+    text = console.export_text()
+    epoch = next(e for e in report.epochs if not e.val_ok)
+    assert f"validation loss differs in epoch {epoch.epoch}: torch {epoch.torch_val_loss:.10g}" in text
