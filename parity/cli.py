@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         print(" ".join(f"{name} {version}" for name, version in versions().items()))
         return EXIT_PARITY
     if args.command is None:
-        parser.print_help()
+        parser.print_usage(sys.stderr)
+        print("parity: error: choose a command: run (see parity --help)", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
         return _run(args)
