@@ -1,16 +1,23 @@
 """Comparing two :class:`~parity.trace.StepTrace` s under one tolerance table.
 
-The tolerance table is keyed by (stage, dtype) and always sets both ``rtol`` and ``atol``:
-an element passes when ``|jax - torch| <= atol + rtol * |torch|`` (torch.testing's rule, with
-torch as the expected side; NaN equals NaN, infinities must match).
+The tolerance table is keyed by (stage, dtype). An element passes when
+
+    |jax - torch| <= atol + rtol * |torch| + tensor_rtol * max|torch over the tensor|
+
+which is torch.testing's rule (torch is the expected side; NaN equals NaN, infinities must
+match) plus a term relative to the tensor's largest element: rounding errors scale with the
+magnitudes that were summed, not with the element's own value, so a gradient element that
+cancels to almost zero carries the absolute error of its large neighbours.
 
 - float64 is the semantic check: the same formula computed twice agrees to about 1e-12
   relative, so anything larger is a real difference in what is computed.
 - float32 in resync mode: each step starts from identical numbers, so only the rounding of
-  one step separates the sides (matmul summation order, FMA vs two roundings): a few units
-  in the last place times the conditioning of the quantity.
+  one step separates the sides (matmul summation order, FMA vs two roundings): a few units in
+  the last place of the tensor's scale. Measured over every registered case: at most 5 ulps
+  (6e-7 of the tensor's largest element, gradients); the table allows about 10x that.
 - free mode: both sides run on their own, rounding differences compound, and the budget grows
-  linearly with the step count (``scale = 1 + step``).
+  linearly with the step count (``scale = 1 + step``); the learning rate, which carries no
+  state, keeps its resync tolerance.
 """
 
 from __future__ import annotations
@@ -28,27 +35,30 @@ __all__ = ["Tolerance", "TOLERANCES", "tolerance", "TensorError", "StageResult",
 
 @dataclasses.dataclass(frozen=True)
 class Tolerance:
-    rtol: float
+    rtol: float  # relative to the element's torch value
     atol: float
     reason: str
+    tensor_rtol: float = 0.0  # relative to the largest |torch| element of the tensor
 
     def scaled(self, factor: float) -> "Tolerance":
-        return Tolerance(self.rtol * factor, self.atol * factor, self.reason)
+        return dataclasses.replace(
+            self, rtol=self.rtol * factor, atol=self.atol * factor, tensor_rtol=self.tensor_rtol * factor
+        )
 
 
 _F64 = "float64: equal formulas agree to ~1e-12 relative; more is a semantic difference"
-_F32_FWD = "float32: matmul summation order differs between torch and XLA (~1 ulp per dot)"
-_F32_UPD = "float32: torch fuses p.add_(u, alpha=-lr) into one rounding, optax rounds twice"
+_F32 = ("float32 resync: one step's rounding (matmul summation order, torch's fused p.add_ vs "
+        "optax's two roundings), at most 5 ulps of the tensor's scale measured; 10x allowed")
 
 #: (stage, dtype) -> Tolerance.
 TOLERANCES: dict[tuple[str, str], Tolerance] = {
-    **{(stage, "float64"): Tolerance(1e-12, 1e-14, _F64) for stage in STAGES},
-    ("loss", "float32"): Tolerance(1e-5, 1e-6, _F32_FWD),
-    ("gradient", "float32"): Tolerance(1e-4, 1e-6, _F32_FWD + "; small gradients lose relative accuracy to cancellation"),
+    **{(stage, "float64"): Tolerance(1e-12, 0.0, _F64, tensor_rtol=1e-12) for stage in STAGES},
+    ("loss", "float32"): Tolerance(4e-6, 0.0, _F32),
+    ("gradient", "float32"): Tolerance(0.0, 0.0, _F32, tensor_rtol=8e-6),
     ("lr", "float32"): Tolerance(2.4e-7, 0.0, "float32: both sides round the same lr to float32; 2 ulps"),
-    ("optimizer_state", "float32"): Tolerance(1e-4, 1e-6, _F32_FWD + ", inherited from the gradients"),
-    ("parameters", "float32"): Tolerance(1e-5, 1e-6, _F32_UPD),
-    ("buffers", "float32"): Tolerance(1e-5, 1e-6, _F32_FWD),
+    ("optimizer_state", "float32"): Tolerance(0.0, 0.0, _F32, tensor_rtol=4e-6),
+    ("parameters", "float32"): Tolerance(0.0, 0.0, _F32, tensor_rtol=2e-6),
+    ("buffers", "float32"): Tolerance(0.0, 0.0, _F32, tensor_rtol=4e-6),
 }
 
 
@@ -59,7 +69,7 @@ def tolerance(
     """The tolerance for ``stage`` in ``dtype`` (a case's override first, if it has one); in
     free mode it grows with the step count."""
     base = (overrides or {}).get((stage, dtype)) or TOLERANCES[(stage, dtype)]
-    return base.scaled(1.0 + step) if mode == "free" else base
+    return base.scaled(1.0 + step) if mode == "free" and stage != "lr" else base
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +113,9 @@ def compare_tensors(name: str, torch_value, jax_value, tol: Tolerance) -> Tensor
         scale = np.abs(expected)
         relative = np.where(difference == 0, 0.0,
                             np.divide(difference, scale, out=np.full_like(difference, np.inf), where=scale > 0))
-    allowed = tol.atol + tol.rtol * np.where(np.isfinite(scale), scale, 0.0)
+    finite = np.where(np.isfinite(scale), scale, 0.0)
+    largest = float(finite.max()) if finite.size else 0.0
+    allowed = tol.atol + tol.rtol * finite + tol.tensor_rtol * largest
     bad = difference > allowed
     if expected.size == 0:
         return TensorError(name, True, 0.0, 0.0, (), 0, 0)

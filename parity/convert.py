@@ -66,7 +66,7 @@ class Converter:
 
     @classmethod
     def from_torch_module(cls, module: torch.nn.Module, rules: Mapping[str, Mapping[str, Rule]] | None = None) -> "Converter":
-        rules = LAYOUT_RULES if rules is None else rules
+        rules = LAYOUT_RULES | dict(rules or {})  # yours are added to (and may replace) the built-in ones
         mapping = {}
         for module_name, submodule in module.named_modules():
             own = dict(submodule.named_parameters(recurse=False)) | dict(submodule.named_buffers(recurse=False))
@@ -76,10 +76,6 @@ class Converter:
                 path = "/".join(filter(None, module_name.split(".") + [rule.jax_name]))
                 mapping[torch_name] = (path, rule)
         return cls(mapping)
-
-    @property
-    def torch_names(self) -> list[str]:
-        return list(self.mapping)
 
     def to_jax(self, arrays: Mapping[str, np.ndarray], template: Any, *, what: str = "state") -> Any:
         """A pytree shaped like ``template`` (an ``nnx.State`` or any tree mirroring one) holding
@@ -205,14 +201,14 @@ def load_torch_optimizer_state(
     converter: Converter,
     steps_taken: int,
     *,
-    include_hyperparams: bool = True,
+    include_hyperparams: bool = False,
 ) -> Any:
     """``opt_state`` with its buffers and counters (and, with ``include_hyperparams``, the
     param-group values such as ``lr`` and ``momentum``) taken from ``optimizer``.
 
-    Buffers torch has not created yet (before its first step) keep their JAX values. The
-    harness's resync leaves hyperparameters alone: they are the port's own configuration,
-    and copying them from torch would hide a wrong value or default.
+    A buffer torch has not created yet (before its first step) keeps its JAX value. By default
+    hyperparameters are left alone: they are the port's own configuration, and copying them
+    from torch would hide a wrong value or default; resuming a torch run wants them.
     """
     fields = torch_state_fields(opt_state)
     updates: dict[str, Any] = {}

@@ -108,7 +108,7 @@ def _epoch_lengths(epochs: Sequence[Sequence[Batch]], scheduler: str | None, int
     if not isinstance(epochs, Sequence) or len(epochs) == 0:
         raise SpecError("epochs must be a non-empty list of epochs, each a list of (inputs, targets) batches")
     for index, batches in enumerate(epochs):
-        if isinstance(batches, tuple) and len(batches) == 2 and all(isinstance(a, np.ndarray) for a in batches):
+        if isinstance(batches, (tuple, list)) and len(batches) == 2 and all(hasattr(a, "shape") for a in batches):
             raise SpecError(
                 "epochs must be a list of epochs, each a list of (inputs, targets) batches; "
                 "this looks like a flat list of batches: pass [batches] for one epoch"

@@ -3,8 +3,9 @@
 ``train_step`` is one iteration (``zero_grad``, forward, loss, ``backward``, ``step``);
 ``train`` and ``train_with_validation`` are the epoch loops around it, with the scheduler
 stepped per epoch or per iteration and the best model saved whenever validation loss improves.
-The parity harness drives ``train_step`` and ``evaluate`` themselves, so what it checks is
-this loop, not a copy of it.
+The parity harness calls ``train_step`` and ``evaluate`` for every step and every validation
+(stepping the scheduler itself as ``train_one_epoch`` does), so each step it checks is
+computed by this code.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@
 >>> tx = from_torch("SGD(lr=0.01, momentum=0.9)")   # an optax.GradientTransformation
 
 Every optimizer is wrapped in ``optax.inject_hyperparams``, so ``state.hyperparams`` holds
-torch's param-group values (``lr``, ``momentum``, ...) under torch's names.
+torch's param-group values (``lr``, ``momentum``, ...) under torch's names (``betas`` as
+``beta1`` and ``beta2``). They are kept in the widest float enabled, as torch keeps them as
+Python doubles, so ``1 - beta2`` rounds once, to the parameters' dtype, as in torch.
 """
 
 from __future__ import annotations

@@ -139,7 +139,7 @@ def Adam(
     """Build :func:`adam` from ``torch.optim.Adam``'s constructor arguments and defaults."""
     del foreach, capturable, differentiable, fused  # choose torch kernels only
     beta1, beta2 = _check(lr, betas, eps, weight_decay)
-    return optax.inject_hyperparams(adam, static_args=_STATIC)(
+    return optax.inject_hyperparams(adam, static_args=_STATIC, hyperparam_dtype=widest_float())(
         lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
         amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=decoupled_weight_decay,
     )
@@ -160,8 +160,8 @@ def AdamW(
 ) -> optax.GradientTransformation:
     """``torch.optim.AdamW``: Adam with decoupled weight decay, whose default is 1e-2.
 
-    (``optax.adamw`` defaults to 1e-4 and applies the decay after the Adam direction; torch
-    scales the parameter first. Both orders give the same update to first order only.)
+    (``optax.adamw`` defaults to 1e-4; it adds ``lr * wd * p`` to the update where torch
+    first scales ``p`` by ``1 - lr * wd``: equal in exact arithmetic, rounded differently.)
     """
     return Adam(
         lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jax_impl.optim._base import PyTree, check_lr, next_count, scalar
+from jax_impl.optim._base import PyTree, check_lr, next_count, scalar, widest_float
 
 
 class SGDState(NamedTuple):
@@ -96,7 +96,7 @@ def SGD(
     if nesterov and (momentum <= 0 or dampening != 0):
         raise ValueError("Nesterov momentum requires a momentum and zero dampening")
     static = ("nesterov", "maximize") + (("momentum",) if momentum == 0 else ())
-    return optax.inject_hyperparams(sgd, static_args=static)(
+    return optax.inject_hyperparams(sgd, static_args=static, hyperparam_dtype=widest_float())(
         lr=lr,
         momentum=momentum,
         dampening=dampening,

@@ -17,14 +17,8 @@ from __future__ import annotations
 from parity.cases import losses, models, optimizers, schedulers
 from parity.cases._base import BASE, COMPONENTS, Case
 
-__all__ = ["Case", "COMPONENTS", "BASE", "CASES", "by_name"]
+__all__ = ["Case", "COMPONENTS", "BASE", "CASES"]
 
 
 CASES: tuple[Case, ...] = optimizers.CASES + schedulers.CASES + losses.CASES + models.CASES
 
-
-def by_name(name: str) -> Case:
-    for case in CASES:
-        if case.name == name:
-            return case
-    raise KeyError(f"no case {name!r}; cases: {', '.join(c.name for c in CASES)}")

@@ -81,7 +81,8 @@ def _plant_inner_momentum(monkeypatch) -> dict:
 
     @functools.wraps(jax_impl.optim.SGD)
     def builder(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *, maximize=False, **_):
-        return optax.inject_hyperparams(halved, static_args=("nesterov", "maximize"))(
+        return optax.inject_hyperparams(halved, static_args=("nesterov", "maximize"),
+                                        hyperparam_dtype=jnp.result_type(float))(
             lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
             nesterov=nesterov, maximize=maximize)
 
@@ -146,7 +147,9 @@ def _eps_inside_sqrt_adam(lr, beta1, beta2, eps, weight_decay, amsgrad, maximize
 def _plant_eps_inside_sqrt(monkeypatch) -> dict:
     @functools.wraps(jax_impl.optim.Adam)
     def builder(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *, maximize=False, **_):
-        return optax.inject_hyperparams(_eps_inside_sqrt_adam, static_args=("amsgrad", "maximize", "decoupled_weight_decay"))(
+        # float64 hyperparameters as jax_impl keeps them, so that eps is the only difference
+        return optax.inject_hyperparams(_eps_inside_sqrt_adam, static_args=("amsgrad", "maximize", "decoupled_weight_decay"),
+                                        hyperparam_dtype=jnp.result_type(float))(
             lr=lr, beta1=betas[0], beta2=betas[1], eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
             maximize=maximize, decoupled_weight_decay=False)
 
@@ -308,3 +311,24 @@ def test_a_validation_only_difference_is_reported_with_both_values():
     text = console.export_text()
     epoch = next(e for e in report.epochs if not e.val_ok)
     assert f"validation loss differs in epoch {epoch.epoch}: torch {epoch.torch_val_loss:.10g}" in text
+
+
+def test_a_float32_only_difference_is_caught_in_float32_and_absent_in_float64(monkeypatch):
+    """Adam whose hyperparameters are stored in the parameters' dtype (optax's default): in
+    float32, beta2 = 0.999 becomes 0.99900001 and 1 - beta2 is off by 1.3e-5 relative, where
+    torch rounds the Python double 1 - 0.999 once. The first step's exp_avg_sq is v = (1 - beta2) g**2,
+    so step 0 differs there (exp_avg's 1 - beta1 = 0.1 is off by 2 ulps only, inside
+    tolerance). In float64 nothing is rounded to float32, so the same port holds."""
+    real = jax_impl.optim.adam
+
+    @functools.wraps(jax_impl.optim.Adam)
+    def builder(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *, maximize=False, **_):
+        return optax.inject_hyperparams(real, static_args=("amsgrad", "maximize", "decoupled_weight_decay"))(
+            lr=lr, beta1=betas[0], beta2=betas[1], eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+            maximize=maximize, decoupled_weight_decay=False)
+
+    monkeypatch.setitem(jax_impl.optim.OPTIMIZERS, "Adam", builder)
+    float32 = parity.run(dataclasses.replace(SPECS["adam"], dtype="float32"))
+    step, stage, error = float32.first_divergence
+    assert (step.step, stage, error.name) == (0, "optimizer_state", "fc1.weight:exp_avg_sq")
+    assert parity.run(dataclasses.replace(SPECS["adam"], dtype="float64")).ok
