@@ -1,7 +1,7 @@
 """The ``parity`` command.
 
 Exit codes: 0 parity holds, 1 a divergence was found, 2 bad input (a one-line reason on
-stderr, no traceback, and no output file written).
+stderr, no traceback, and no output file written), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from parity.spec import RunSpec
+    from parity.spec import DTYPES, INTERVALS, MODES, RunSpec
 
     defaults = RunSpec()
     parser = _Parser(prog="parity", description="Check that a JAX port trains exactly like its PyTorch original.")
@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--optimizer", default=defaults.optimizer, help="torch.optim spec")
     run.add_argument("--scheduler", default=defaults.scheduler,
                      help="torch.optim.lr_scheduler spec, or 'none'")
-    run.add_argument("--scheduler-interval", choices=("epoch", "step"), default=defaults.scheduler_interval,
+    run.add_argument("--scheduler-interval", choices=INTERVALS, default=defaults.scheduler_interval,
                      help="call scheduler.step() after every epoch or after every optimizer step")
     run.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs")
     run.add_argument("--steps-per-epoch", type=int, default=defaults.steps_per_epoch,
@@ -71,9 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, default=defaults.batch_size, help="samples per batch")
     run.add_argument("--seed", type=int, default=defaults.seed,
                      help="seeds torch's initialisation, the data split and the shuffling")
-    run.add_argument("--dtype", choices=("float32", "float64"), default=defaults.dtype,
+    run.add_argument("--dtype", choices=tuple(DTYPES), default=defaults.dtype,
                      help="float64 separates semantic differences from rounding")
-    run.add_argument("--mode", choices=("resync", "free"), default=defaults.mode,
+    run.add_argument("--mode", choices=MODES, default=defaults.mode,
                      help="resync: reset JAX from torch after each step; free: let both run on their own")
     run.add_argument("--data", default=defaults.data,
                      help="'digits' (embedded), 'synthetic', or FILE.npz with arrays x, y [x_val, y_val]")

@@ -33,7 +33,7 @@ from jax_impl.spec import SpecError
 from jax_impl.step import TrainState, make_eval_step, make_train_step, make_update_step
 from parity import convert, data
 from parity.compare import StepComparison, Tolerance, compare_steps, compare_tensors, tolerance
-from parity.spec import DTYPES, RunSpec, build_models, build_torch_loss, build_torch_optimizer, build_torch_scheduler
+from parity.spec import DTYPES, INTERVALS, MODES, RunSpec, build_models, build_torch_loss, build_torch_optimizer, build_torch_scheduler
 from parity.trace import StepTrace
 from torch_ref import loop as torch_loop
 
@@ -158,10 +158,10 @@ def check_port(
       tolerances: overrides of :data:`parity.compare.TOLERANCES` by (stage, dtype), each with
         its reason (a registered case's overrides).
     """
-    if mode not in ("resync", "free"):
-        raise SpecError(f"mode must be resync or free, got {mode!r}")
-    if scheduler_interval not in ("epoch", "step"):
-        raise SpecError(f"scheduler_interval must be epoch or step, got {scheduler_interval!r}")
+    if mode not in MODES:
+        raise SpecError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if scheduler_interval not in INTERVALS:
+        raise SpecError(f"scheduler_interval must be one of {', '.join(INTERVALS)}, got {scheduler_interval!r}")
     steps_per_epoch = _epoch_lengths(epochs, scheduler, scheduler_interval)
     dtype = _dtype_name(torch_model)
     numpy_dtype = DTYPES[dtype][2]
@@ -174,16 +174,16 @@ def check_port(
     params = converter.to_jax(_torch_params(torch_model), params, what="parameters")
     rest = converter.to_jax(_torch_buffers(torch_model), rest, what="buffers")
     jax_loss = jax_impl.losses.from_torch(loss) if isinstance(loss, str) else loss[1]
-    tx = jax_impl.optim.from_torch(optimizer)
+    tx = jax_impl.optim.from_torch(optimizer)  # also checks the spec's values, base lr included
+    if scheduler:
+        base_lr = jax_impl.optim.torch_arguments(optimizer)["lr"]
+        schedule = jax_impl.schedules.from_torch(scheduler, base_lr, steps_per_epoch)
+        tx = jax_impl.optim.from_torch(optimizer, lr=schedule)
 
     # torch side, exactly as a PyTorch user builds it
     torch_criterion = build_torch_loss(loss, dtype) if isinstance(loss, str) else loss[0]
     torch_optimizer = build_torch_optimizer(optimizer, torch_model.parameters())
     torch_scheduler = build_torch_scheduler(scheduler, torch_optimizer) if scheduler else None
-    if scheduler:
-        base_lr = jax_impl.optim.torch_arguments(optimizer)["lr"]
-        schedule = jax_impl.schedules.from_torch(scheduler, base_lr, steps_per_epoch)
-        tx = jax_impl.optim.from_torch(optimizer, lr=schedule)
     state = TrainState(params, rest, tx.init(params))
     train_step = make_train_step(graphdef, jax_loss, tx, with_grads=True)
     update_step = make_update_step(tx)

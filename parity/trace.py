@@ -36,11 +36,10 @@ class StepTrace:
 
     def stage(self, name: str) -> dict[str, np.ndarray]:
         """The tensors of one stage, by torch name."""
-        return {
-            "loss": lambda: {"loss": np.asarray(self.loss)},
-            "gradient": lambda: self.grads,
-            "lr": lambda: {"lr": np.asarray(self.lr)},
-            "optimizer_state": lambda: self.optimizer_state,
-            "parameters": lambda: self.params,
-            "buffers": lambda: self.buffers,
-        }[name]()
+        if name == "loss":
+            return {"loss": np.asarray(self.loss)}
+        if name == "lr":
+            return {"lr": np.asarray(self.lr)}
+        fields = {"gradient": "grads", "optimizer_state": "optimizer_state", "parameters": "params",
+                  "buffers": "buffers"}
+        return getattr(self, fields[name])

@@ -175,7 +175,7 @@ def test_optimizer_state_round_trip_through_jax(spec: str):
     assert any(not np.array_equal(before[key], value) for key, value in expected.items() if key in before)
 
 
-@pytest.mark.parametrize("spec", ["SGD(lr=0.1, momentum=0.9, nesterov=True)", "Adam(lr=0.01, amsgrad=True)"])
+@pytest.mark.parametrize("spec", OPTIMIZER_SPECS + ["SGD(lr=0.1, momentum=0.9, nesterov=True)"])
 def test_a_loaded_state_continues_exactly_as_torch(spec: str):
     """After loading torch's state after 3 steps, one more JAX update on the same gradient
     gives torch's 4th step to float64 precision (so every field, count included, was loaded)."""
