@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["save", "load", "flatten", "unflatten_into", "atomic_path", "CheckpointError"]
+__all__ = ["save", "load", "flatten", "leaves_by_path", "unflatten_into", "atomic_path", "CheckpointError"]
 
 _METADATA = "__metadata__"
 
@@ -36,21 +36,26 @@ def _key_name(key: Any) -> str:
     return str(key)
 
 
-def flatten(tree: Any) -> dict[str, np.ndarray]:
-    """``{"fc1/kernel": array, ...}`` for any pytree (NNX ``Variable.value`` hops dropped)."""
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+def leaves_by_path(tree: Any) -> dict[str, Any]:
+    """``{"fc1/kernel": leaf, ...}`` for any pytree, leaves as they are (NNX ``Variable.value``
+    hops dropped from the names), in the tree's flattening order."""
     flat = {}
-    for path, leaf in leaves:
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         names = [_key_name(k) for k in path]
         if names and names[-1] == "value":
             names = names[:-1]
-        flat["/".join(names)] = np.asarray(leaf)
+        flat["/".join(names)] = leaf
     return flat
+
+
+def flatten(tree: Any) -> dict[str, np.ndarray]:
+    """:func:`leaves_by_path` with every leaf copied to a numpy array."""
+    return {name: np.asarray(leaf) for name, leaf in leaves_by_path(tree).items()}
 
 
 def unflatten_into(template: Any, flat: Mapping[str, np.ndarray]) -> Any:
     """Rebuild ``template``'s structure with the arrays of ``flat``; every key must match."""
-    expected = flatten(template)
+    expected = leaves_by_path(template)  # shapes only: no copies
     missing = sorted(set(expected) - set(flat))
     unexpected = sorted(set(flat) - set(expected))
     shapes = [

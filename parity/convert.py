@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from jax_impl.checkpoint import flatten
+from jax_impl.checkpoint import flatten, leaves_by_path
 from jax_impl.optim import replace_torch_state_fields, set_update_count, torch_state_fields
 
 __all__ = ["ConversionError", "Rule", "LAYOUT_RULES", "Converter", "torch_optimizer_state",
@@ -83,7 +83,7 @@ class Converter:
 
         Raises :class:`ConversionError` listing every missing, unexpected and mis-shaped key.
         """
-        expected = flatten(template)
+        expected = leaves_by_path(template)  # shapes and dtypes only: no device-to-host copies
         converted, unexpected, shapes, misshaped = {}, [], [], set()
         for name, array in arrays.items():
             if name not in self.mapping or self.mapping[name][0] not in expected:

@@ -27,7 +27,7 @@ import jax_impl
 import jax_impl.losses
 import jax_impl.optim
 import jax_impl.schedules
-from jax_impl.checkpoint import flatten
+from jax_impl.checkpoint import leaves_by_path
 from jax_impl.loop import evaluate as jax_evaluate
 from jax_impl.spec import SpecError
 from jax_impl.step import TrainState, make_eval_step, make_train_step, make_update_step
@@ -98,7 +98,7 @@ def _dtype_name(model: torch.nn.Module) -> str:
 
 def _check_jax_dtype(params: nnx.State, dtype: str) -> None:
     expected = DTYPES[dtype][1]
-    wrong = [f"{path} is {leaf.dtype}" for path, leaf in flatten(params).items() if leaf.dtype != expected]
+    wrong = [f"{path} is {leaf.dtype}" for path, leaf in leaves_by_path(params).items() if leaf.dtype != expected]
     if wrong:
         raise SpecError(f"the JAX model must be {dtype} like the torch model (pass param_dtype): {'; '.join(wrong)}")
 

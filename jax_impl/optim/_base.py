@@ -92,10 +92,6 @@ def replace_torch_state_fields(opt_state: Any, values: Mapping[str, Any]) -> Any
     return result
 
 
-def next_count(count: jax.Array) -> jax.Array:
-    return optax.safe_increment(count)
-
-
 def check_lr(lr: Any) -> None:
     """torch's check (plus: a number, and finite), skipped for a schedule (a callable of the
     update count)."""

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jax_impl.optim._base import PyTree, check_lr, next_count, scalar, widest_float
+from jax_impl.optim._base import PyTree, check_lr, scalar, widest_float
 
 
 class AdamState(NamedTuple):
@@ -64,7 +64,7 @@ def adam(
     def update_fn(updates: PyTree, state: AdamState, params: PyTree | None = None):
         if params is None:
             raise ValueError("torch Adam needs params in update() (weight decay reads them)")
-        count = next_count(state.count)
+        count = optax.safe_increment(state.count)
         wide = widest_float()
         step = count.astype(wide)
         b1, b2 = jnp.asarray(beta1, wide), jnp.asarray(beta2, wide)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jax_impl.optim._base import PyTree, check_lr, next_count, scalar, widest_float
+from jax_impl.optim._base import PyTree, check_lr, scalar, widest_float
 
 
 class SGDState(NamedTuple):
@@ -69,7 +69,7 @@ def sgd(
             else:
                 grads = buffer
         new_updates = jax.tree.map(lambda g: -scalar(lr, g) * g, grads)
-        return new_updates, SGDState(count=next_count(state.count), momentum_buffer=buffer)
+        return new_updates, SGDState(count=optax.safe_increment(state.count), momentum_buffer=buffer)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
