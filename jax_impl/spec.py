@@ -1,7 +1,9 @@
 """PyTorch-style spec strings: ``"SGD(lr=0.01, momentum=0.9)"`` -> name and keyword arguments.
 
 A spec is parsed with :mod:`ast` and every argument value must be a Python literal
-(numbers, strings, booleans, ``None``, tuples and lists of those). Nothing is ever evaluated,
+(numbers, strings, booleans, ``None``, tuples and lists of those) or a nested spec of a class (a capitalised name), parsed to a
+:class:`CallSpec` (``SequentialLR(schedulers=[LinearLR(total_iters=5), ExponentialLR(gamma=0.9)],
+milestones=[5])``). Nothing is ever evaluated,
 so a spec string cannot run code. ``inf`` and ``nan`` are accepted as bare names because torch
 users write ``float('inf')`` for them, which is a call and therefore not a literal.
 
@@ -36,8 +38,19 @@ class CallSpec:
     kwargs: Mapping[str, Any]
 
     def __str__(self) -> str:
-        args = ", ".join(f"{key}={value!r}" for key, value in self.kwargs.items())
+        args = ", ".join(f"{key}={_format(value)}" for key, value in self.kwargs.items())
         return f"{self.name}({args})"
+
+
+def _format(value: Any) -> str:
+    """A spec argument as the user wrote it (nested specs in spec syntax, not as repr)."""
+    if isinstance(value, CallSpec):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_format, value)) + "]"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(map(_format, value)) + ("," if len(value) == 1 else "") + ")"
+    return repr(value)
 
 
 def _literal(node: ast.expr, text: str) -> Any:
@@ -50,6 +63,8 @@ def _literal(node: ast.expr, text: str) -> Any:
         and node.operand.id in _NAMED_CONSTANTS
     ):
         return -_NAMED_CONSTANTS[node.operand.id]
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id[:1].isupper() and not node.args:
+        return _call(node, text)  # a nested component: SequentialLR(schedulers=[LinearLR(...), ...])
     if isinstance(node, (ast.Tuple, ast.List)):
         values = [_literal(element, text) for element in node.elts]
         return tuple(values) if isinstance(node, ast.Tuple) else values
@@ -78,6 +93,10 @@ def parse_call(text: str) -> CallSpec:
     node = tree.body
     if isinstance(node, ast.Name):
         return CallSpec(node.id, {})
+    return _call(node, text)
+
+
+def _call(node: ast.expr, text: str) -> CallSpec:
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
         raise SpecError(
             f"malformed spec {text!r}: write the class name alone, e.g. {node.func.attr}(...) "

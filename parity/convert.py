@@ -9,8 +9,7 @@ other converts without configuration; pass ``rules`` for layers of your own.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -20,6 +19,7 @@ import torch
 
 from jax_impl.checkpoint import flatten, leaves_by_path
 from jax_impl.optim import replace_torch_state_fields, set_update_count, torch_state_fields
+from parity.layouts import LAYOUT_RULES, Rule
 
 __all__ = ["ConversionError", "Rule", "LAYOUT_RULES", "Converter", "torch_optimizer_state",
            "jax_optimizer_state", "load_torch_optimizer_state"]
@@ -27,30 +27,6 @@ __all__ = ["ConversionError", "Rule", "LAYOUT_RULES", "Converter", "torch_optimi
 
 class ConversionError(ValueError):
     """The two models' variables do not correspond: names or shapes differ."""
-
-
-def _same(array: np.ndarray) -> np.ndarray:
-    return array
-
-
-def _transpose(array: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(array.T)
-
-
-@dataclasses.dataclass(frozen=True)
-class Rule:
-    """How one torch variable maps to its NNX counterpart."""
-
-    jax_name: str
-    to_jax: Callable[[np.ndarray], np.ndarray] = _same
-    to_torch: Callable[[np.ndarray], np.ndarray] = _same
-
-
-#: torch module class name -> {torch variable name: Rule}. Unlisted variables keep their name
-#: and layout.
-LAYOUT_RULES: dict[str, dict[str, Rule]] = {
-    "Linear": {"weight": Rule("kernel", _transpose, _transpose), "bias": Rule("bias")},
-}
 
 
 def to_numpy(tensor: torch.Tensor) -> np.ndarray:

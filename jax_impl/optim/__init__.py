@@ -22,8 +22,20 @@ from jax_impl.optim._base import (
     set_update_count,
     torch_state_fields,
 )
+from jax_impl.optim.adadelta import Adadelta
+from jax_impl.optim.adafactor import Adafactor
+from jax_impl.optim.adagrad import Adagrad
 from jax_impl.optim.adam import Adam, AdamState, AdamW, adam
+from jax_impl.optim.adamax import Adamax
+from jax_impl.optim.asgd import ASGD
+from jax_impl.optim.lbfgs import LBFGS
+from jax_impl.optim.muon import Muon
+from jax_impl.optim.nadam import NAdam
+from jax_impl.optim.radam import RAdam
+from jax_impl.optim.rmsprop import RMSprop
+from jax_impl.optim.rprop import Rprop
 from jax_impl.optim.sgd import SGD, SGDState, sgd
+from jax_impl.optim.sparse_adam import SparseAdam
 from jax_impl.spec import CallSpec, SpecError, bind_call, build_from_registry
 
 __all__ = [
@@ -37,6 +49,18 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "SGD": SGD,
     "Adam": Adam,
     "AdamW": AdamW,
+    "Adamax": Adamax,
+    "NAdam": NAdam,
+    "RAdam": RAdam,
+    "RMSprop": RMSprop,
+    "Adagrad": Adagrad,
+    "Adadelta": Adadelta,
+    "Rprop": Rprop,
+    "ASGD": ASGD,
+    "Adafactor": Adafactor,
+    "Muon": Muon,
+    "SparseAdam": SparseAdam,
+    "LBFGS": LBFGS,
 }
 
 

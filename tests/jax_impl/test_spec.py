@@ -52,6 +52,8 @@ def test_nan_is_a_named_constant():
     ("SGD(lr=1+2)", "not a literal"),
     ("SGD(lr=--1)", "not a literal"),
     ("SGD(lr=(1, f()))", "not a literal"),  # inside a tuple
+    ("SequentialLR(schedulers=[LinearLR(0.5)])", "not a literal"),  # nested, positional
+    ("SequentialLR(schedulers=[torch.LinearLR()])", "not a literal"),  # nested, attribute
     ("SGD(lr=f'{1}')", "not a literal"),
     ("SGD(lr=lambda: 1)", "not a literal"),
     ("SGD(lr=1); import os", "malformed"),
@@ -187,3 +189,12 @@ def test_invalid_scheduler_arguments_are_errors(spec):
 
 def test_spec_error_is_a_value_error():
     assert issubclass(SpecError, ValueError)
+
+
+def test_nested_specs_parse_to_call_specs_and_print_as_written():
+    text = "SequentialLR(schedulers=[LinearLR(start_factor=0.1, total_iters=5), ExponentialLR(gamma=0.9)], milestones=[5])"
+    call = parse_call(text)
+    inner = call.kwargs["schedulers"]
+    assert [c.name for c in inner] == ["LinearLR", "ExponentialLR"]
+    assert inner[0].kwargs == {"start_factor": 0.1, "total_iters": 5}
+    assert str(call) == text
