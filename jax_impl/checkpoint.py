@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["save", "load", "flatten", "leaves_by_path", "unflatten_into", "atomic_path", "CheckpointError"]
+__all__ = ["save", "load", "flatten", "leaves_by_path", "path_name", "unflatten_into", "atomic_path", "CheckpointError"]
 
 _METADATA = "__metadata__"
 
@@ -36,16 +36,18 @@ def _key_name(key: Any) -> str:
     return str(key)
 
 
+def path_name(path: tuple[Any, ...]) -> str:
+    """A pytree key path as ``"fc1/kernel"`` (an NNX ``Variable.value`` hop dropped)."""
+    names = [_key_name(k) for k in path]
+    if names and names[-1] == "value":
+        names = names[:-1]
+    return "/".join(names)
+
+
 def leaves_by_path(tree: Any) -> dict[str, Any]:
-    """``{"fc1/kernel": leaf, ...}`` for any pytree, leaves as they are (NNX ``Variable.value``
-    hops dropped from the names), in the tree's flattening order."""
-    flat = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        names = [_key_name(k) for k in path]
-        if names and names[-1] == "value":
-            names = names[:-1]
-        flat["/".join(names)] = leaf
-    return flat
+    """``{"fc1/kernel": leaf, ...}`` for any pytree, leaves as they are, in the tree's
+    flattening order."""
+    return {path_name(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def flatten(tree: Any) -> dict[str, np.ndarray]:

@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jax_impl.optim import param_group_states
+
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 Batch = tuple[jax.Array, jax.Array]
 
@@ -53,7 +55,8 @@ def make_train_step(
 
     It does what torch's ``zero_grad(); loss.backward(); optimizer.step()`` does, in one
     function of explicit state. ``metrics`` holds ``loss``, ``correct`` (argmax hits) and
-    ``lr`` (the learning rate this update used, when the optimizer injects one); with
+    ``lr`` (the learning rate this update used, parameter group 0's, when the optimizer
+    injects one); with
     ``with_grads`` also ``grads``, the gradients the optimizer received.
     """
 
@@ -72,14 +75,20 @@ def make_train_step(
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics: dict[str, Any] = {"loss": loss, "correct": _correct(logits, targets)}
-        hyperparams = getattr(opt_state, "hyperparams", None)
-        if hyperparams is not None and "lr" in hyperparams:
-            metrics["lr"] = hyperparams["lr"]
+        lr = _lr(opt_state)
+        if lr is not None:
+            metrics["lr"] = lr
         if with_grads:
             metrics["grads"] = grads
         return TrainState(params, rest, opt_state), metrics
 
     return jax.jit(train_step) if jit else train_step
+
+
+def _lr(opt_state: optax.OptState) -> Any:
+    """The learning rate of the update just made (parameter group 0's), or None if not injected."""
+    hyperparams = getattr(param_group_states(opt_state)[0], "hyperparams", None) or {}
+    return hyperparams.get("lr")
 
 
 def make_update_step(
@@ -90,8 +99,7 @@ def make_update_step(
 
     def update_step(params: nnx.State, opt_state: optax.OptState, grads: nnx.State):
         updates, opt_state = tx.update(grads, opt_state, params)
-        hyperparams = getattr(opt_state, "hyperparams", None) or {}
-        return optax.apply_updates(params, updates), opt_state, hyperparams.get("lr")
+        return optax.apply_updates(params, updates), opt_state, _lr(opt_state)
 
     return jax.jit(update_step) if jit else update_step
 

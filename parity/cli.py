@@ -65,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="torch.optim.lr_scheduler spec, or 'none'")
     run.add_argument("--scheduler-interval", choices=INTERVALS, default=defaults.scheduler_interval,
                      help="call scheduler.step() after every epoch or after every optimizer step")
+    run.add_argument("--param-group", action="append", default=[], metavar="OPTIONS", dest="param_groups",
+                     help="a torch parameter group, repeatable: its options as keyword arguments, params a "
+                          "regular expression over parameter names, e.g. \"params='bias', weight_decay=0.0\"; "
+                          "parameters no group selects keep the optimizer's own options")
     run.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs")
     run.add_argument("--steps-per-epoch", type=int, default=defaults.steps_per_epoch,
                      help="batches per epoch (default: one full pass over the training split)")
@@ -120,7 +124,7 @@ def _run(args: argparse.Namespace) -> int:
             model=args.model, loss=args.loss, optimizer=args.optimizer, scheduler=scheduler,
             scheduler_interval=args.scheduler_interval, epochs=args.epochs,
             steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, seed=args.seed,
-            dtype=args.dtype, mode=args.mode, data=args.data,
+            dtype=args.dtype, mode=args.mode, data=args.data, param_groups=tuple(args.param_groups),
         )
         console = Console()
         if not console.is_terminal:  # a pipe or file: wide enough for the tables, no colour codes

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import platform
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -33,7 +34,7 @@ from jax_impl.spec import SpecError
 from jax_impl.step import TrainState, make_eval_step, make_train_step, make_update_step
 from parity import convert, data
 from parity.compare import StepComparison, Tolerance, compare_steps, compare_tensors, tolerance
-from parity.spec import DTYPES, INTERVALS, MODES, RunSpec, build_models, build_torch_loss, build_torch_optimizer, build_torch_scheduler
+from parity.spec import DTYPES, INTERVALS, MODES, RunSpec, build_models, parse_param_group, build_torch_loss, build_torch_optimizer, build_torch_scheduler
 from parity.trace import StepTrace
 from torch_ref import loop as torch_loop
 
@@ -134,6 +135,8 @@ def check_port(
     epochs: Sequence[Sequence[Batch]],
     scheduler: str | None = None,
     scheduler_interval: str = "epoch",
+    scheduler_arguments: Mapping[str, Any] | None = None,
+    param_groups: Sequence[Mapping[str, Any]] | None = None,
     val_batches: Sequence[Batch] | None = None,
     converter: convert.Converter | None = None,
     mode: str = "resync",
@@ -152,6 +155,14 @@ def check_port(
       optimizer, scheduler: torch spec strings; each side builds its own from the same text.
       epochs: the batches of each epoch, numpy ``(inputs, targets)``; dtype follows the models.
       scheduler_interval: ``"epoch"`` or ``"step"``: when ``scheduler.step()`` runs.
+        ``ReduceLROnPlateau`` steps once per epoch on the validation loss (so it needs
+        ``val_batches``), as the seed's loop calls ``scheduler.step(val_loss)``.
+      scheduler_arguments: scheduler arguments a spec string cannot hold, given to both sides:
+        a Python callable such as ``LambdaLR``'s ``lr_lambda``.
+      param_groups: torch's parameter groups, e.g. ``[{"params": r"bias", "weight_decay": 0.0}]``:
+        ``"params"`` is a regular expression searched in each torch parameter name; a
+        parameter joins the first group that selects it, and those no group selects form
+        group 0 with the optimizer spec's own options.
       val_batches: validated after every epoch on both sides (eval mode, no gradients).
       mode: ``"resync"`` resets the JAX state from torch after every step (localises a
         difference to one step); ``"free"`` lets both run on their own.
@@ -174,16 +185,30 @@ def check_port(
     params = converter.to_jax(_torch_params(torch_model), params, what="parameters")
     rest = converter.to_jax(_torch_buffers(torch_model), rest, what="buffers")
     jax_loss = jax_impl.losses.from_torch(loss) if isinstance(loss, str) else loss[1]
-    tx = jax_impl.optim.from_torch(optimizer)  # also checks the spec's values, base lr included
+    groups = ParamGroups.assign(list(names.values()), param_groups or ())
+    jax_impl.optim.from_torch(optimizer, param_groups=groups.jax_groups(converter))  # checks every value
+    scheduler_arguments = dict(scheduler_arguments or {})
+    plateaus = None
+    schedules = [None] * groups.count
     if scheduler:
-        base_lr = jax_impl.optim.torch_arguments(optimizer)["lr"]
-        schedule = jax_impl.schedules.from_torch(scheduler, base_lr, steps_per_epoch)
-        tx = jax_impl.optim.from_torch(optimizer, lr=schedule)
+        schedules = [
+            jax_impl.schedules.from_torch(scheduler, lr, steps_per_epoch, **scheduler_arguments)
+            for lr in groups.base_lrs(jax_impl.optim.torch_arguments(optimizer)["lr"])
+        ]
+        if _is_plateau(schedules[0]):
+            if val_batches is None:
+                raise SpecError(f"scheduler {scheduler}: ReduceLROnPlateau steps on the validation loss; "
+                                "pass val_batches")
+            plateaus, schedules = schedules, [None] * groups.count
+    tx = jax_impl.optim.from_torch(optimizer, lr=schedules[0], param_groups=groups.jax_groups(converter, schedules))
 
     # torch side, exactly as a PyTorch user builds it
     torch_criterion = build_torch_loss(loss, dtype) if isinstance(loss, str) else loss[0]
-    torch_optimizer = build_torch_optimizer(optimizer, torch_model.parameters())
-    torch_scheduler = build_torch_scheduler(scheduler, torch_optimizer) if scheduler else None
+    torch_optimizer = build_torch_optimizer(optimizer, groups.torch_params(torch_model))
+    torch_scheduler = (build_torch_scheduler(scheduler, torch_optimizer, scheduler_arguments)
+                       if scheduler else None)
+    group_names = convert.torch_param_groups(torch_optimizer, names)
+    plateau_states = [plateau.init() for plateau in plateaus] if plateaus else None
     state = TrainState(params, rest, tx.init(params))
     train_step = make_train_step(graphdef, jax_loss, tx, with_grads=True)
     update_step = make_update_step(tx)
@@ -207,6 +232,7 @@ def check_port(
         for batch in batches:
             # torch: the user's loop, with the gradients read just before optimizer.step()
             torch_lr = float(torch_optimizer.param_groups[0]["lr"])
+            torch_hyperparams = _scheduled_hyperparams(torch_optimizer.param_groups, numpy_dtype, torch_scheduler)
             with _first_step_errors(step, "torch"):
                 torch_loss, captured = _torch_step(
                     torch_model, torch_criterion, torch_optimizer, names, to_torch(batch)
@@ -218,6 +244,7 @@ def check_port(
                 optimizer_state=convert.torch_optimizer_state(torch_optimizer, names, step + 1),
                 params=_torch_params(torch_model),
                 buffers=_torch_buffers(torch_model),
+                hyperparams=torch_hyperparams,
             )
             if torch_scheduler is not None and scheduler_interval == "step":
                 torch_scheduler.step()
@@ -239,9 +266,10 @@ def check_port(
                 loss=float(metrics["loss"]),
                 lr=float(numpy_dtype(jax_lr)),  # the transforms cast lr to the params' dtype
                 grads=converter.to_torch(metrics["grads"]),
-                optimizer_state=convert.jax_optimizer_state(state.opt_state, converter, list(names.values())),
+                optimizer_state=convert.jax_optimizer_state(state.opt_state, converter, group_names),
                 params=converter.to_torch(state.params),
                 buffers=converter.to_torch(state.rest),
+                hyperparams=_scheduled_hyperparams(_jax_param_groups(state.opt_state), numpy_dtype, torch_scheduler),
             )
             comparison = compare_steps(step, epoch, torch_trace, jax_trace, dtype, mode, tolerances)
             comparisons.append(comparison)
@@ -258,12 +286,17 @@ def check_port(
                 )
             if progress is not None:
                 progress(comparison, total_steps)
-        if torch_scheduler is not None and scheduler_interval == "epoch":
+        if torch_scheduler is not None and scheduler_interval == "epoch" and plateaus is None:
             torch_scheduler.step()
         summary = EpochSummary(epoch, float(np.mean(torch_losses)), float(np.mean(jax_losses)))
         if val_batches is not None:
             torch_val = torch_loop.evaluate(torch_model, torch_criterion, (to_torch(b) for b in val_batches))
             jax_val = jax_evaluate(eval_step, state, (to_jax(b) for b in val_batches))
+            if plateaus is not None:  # the seed's loop: scheduler.step(val_loss), each side on its own
+                torch_scheduler.step(torch_val[0])
+                plateau_states = [p.step(s, jax_val[0]) for p, s in zip(plateaus, plateau_states, strict=True)]
+                state = state._replace(opt_state=jax_impl.optim.set_hyperparam(
+                    state.opt_state, "lr", [s.lr for s in plateau_states]))
             tol = tolerance("loss", dtype, step=step, mode=mode, overrides=tolerances)
             val_ok = compare_tensors("val_loss", torch_val[0], jax_val[0], tol).ok
             summary = dataclasses.replace(
@@ -276,6 +309,102 @@ def check_port(
                                    "scheduler_interval": scheduler_interval, "mode": mode, "dtype": dtype}
     return ParityReport(config, dtype, mode, comparisons, summaries, time.perf_counter() - started, versions(),
                         dict(tolerances or {}))
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamGroups:
+    """Which torch parameter goes to which parameter group, and each group's option overrides.
+
+    Group 0 holds the parameters no user group selects, with the optimizer spec's own options;
+    group ``i + 1`` is the user's group ``i``.
+    """
+
+    group_of: dict[str, int]  # torch parameter name -> group index
+    overrides: tuple[dict[str, Any], ...]  # the options of user groups 1, 2, ...
+
+    @property
+    def count(self) -> int:
+        return 1 + len(self.overrides)
+
+    @classmethod
+    def assign(cls, parameter_names: Sequence[str], param_groups: Sequence[Mapping[str, Any]]) -> "ParamGroups":
+        patterns = []
+        for index, group in enumerate(param_groups, start=1):
+            if not isinstance(group, Mapping) or not isinstance(group.get("params"), str):
+                raise SpecError(f"param group {index}: expected a mapping whose 'params' is a regular expression "
+                                f"over torch parameter names, got {group!r}")
+            try:
+                patterns.append(re.compile(group["params"]))
+            except re.error as error:
+                raise SpecError(f"param group {index}: 'params' {group['params']!r} is not a valid "
+                                f"regular expression: {error}") from None
+        group_of = {}
+        for name in parameter_names:
+            group_of[name] = next((i for i, pattern in enumerate(patterns, start=1) if pattern.search(name)), 0)
+        empty = [i for i in range(1 + len(patterns)) if i not in group_of.values()]
+        if patterns and empty:
+            described = ", ".join("0 (the parameters no group selects)" if i == 0
+                                  else f"{i} (params={param_groups[i - 1]['params']!r})" for i in empty)
+            raise SpecError(f"param group(s) {described} select no parameter; "
+                            f"the torch parameters are: {', '.join(parameter_names)}")
+        overrides = tuple({k: v for k, v in group.items() if k != "params"} for group in param_groups)
+        return cls(group_of, overrides)
+
+    def base_lrs(self, lr: float) -> list[float]:
+        return [lr] + [group.get("lr", lr) for group in self.overrides]
+
+    def torch_params(self, model: torch.nn.Module) -> Any:
+        """What the torch optimizer is built on: ``model.parameters()``, or torch's list of
+        group dicts."""
+        if not self.overrides:
+            return model.parameters()
+        named = list(model.named_parameters())
+        return [{"params": [p for name, p in named if self.group_of[name] == index],
+                 **(self.overrides[index - 1] if index else {})} for index in range(self.count)]
+
+    def jax_groups(self, converter: convert.Converter, schedules: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+        """``jax_impl.optim.from_torch``'s ``param_groups``: the same assignment, by JAX path."""
+        groups = []
+        for index, overrides in enumerate(self.overrides, start=1):
+            members = {converter.jax_path(name) for name, group in self.group_of.items() if group == index}
+            group = {**overrides, "params": lambda path, leaf, members=members: path in members}
+            if schedules is not None and schedules[index] is not None:
+                group["lr"] = schedules[index]
+            groups.append(group)
+        return groups
+
+
+def _is_plateau(schedule: Any) -> bool:
+    return hasattr(schedule, "init") and hasattr(schedule, "step")  # ReduceLROnPlateau: driven by a metric
+
+
+def _jax_param_groups(opt_state: Any) -> list[dict[str, Any]]:
+    """Each parameter group's hyperparameters, as torch's ``param_groups`` would hold them."""
+    groups = []
+    for group_state in jax_impl.optim.param_group_states(opt_state):
+        hyperparams = {k: float(v) for k, v in getattr(group_state, "hyperparams", {}).items()}
+        if "beta1" in hyperparams:
+            hyperparams["betas"] = (hyperparams["beta1"], hyperparams.get("beta2"))
+        groups.append(hyperparams)
+    return groups
+
+
+def _scheduled_hyperparams(param_groups: Sequence[Mapping[str, Any]], numpy_dtype: Any,
+                           scheduler: Any) -> dict[str, float]:
+    """What the lr stage compares besides group 0's lr: the lr of every further group and the
+    momentum or beta1 a cycling scheduler (OneCycleLR, CyclicLR) writes, rounded to the
+    parameters' dtype as the kernels use them."""
+    cycles = bool(getattr(scheduler, "cycle_momentum", False))
+    values = {}
+    for index, group in enumerate(param_groups):
+        suffix = f" (group {index})" if index else ""
+        if index:
+            values[f"lr{suffix}"] = float(numpy_dtype(group["lr"]))
+        if cycles and "momentum" in group:
+            values[f"momentum{suffix}"] = float(numpy_dtype(group["momentum"]))
+        elif cycles and "betas" in group:
+            values[f"beta1{suffix}"] = float(numpy_dtype(group["betas"][0]))
+    return values
 
 
 @contextlib.contextmanager
@@ -322,8 +451,13 @@ def run(
     spec: RunSpec,
     progress: Progress | None = None,
     tolerances: Mapping[tuple[str, str], Tolerance] | None = None,
+    scheduler_arguments: Mapping[str, Any] | None = None,
 ) -> ParityReport:
-    """Run the configuration ``spec`` describes (data, models, components) through :func:`check_port`."""
+    """Run the configuration ``spec`` describes (data, models, components) through :func:`check_port`.
+
+    ``scheduler_arguments`` adds scheduler arguments a spec string cannot hold (``LambdaLR``'s
+    ``lr_lambda``), given to both sides.
+    """
     dataset = data.load(spec.data, spec.seed)
     torch_model, jax_model = build_models(
         spec.model, input_size=dataset.input_size, num_classes=dataset.num_classes,
@@ -344,6 +478,8 @@ def run(
     return check_port(
         torch_model, jax_model, loss=spec.loss, optimizer=spec.optimizer, epochs=epochs,
         scheduler=spec.scheduler, scheduler_interval=spec.scheduler_interval,
+        scheduler_arguments=scheduler_arguments,
+        param_groups=[parse_param_group(text) for text in spec.param_groups],
         val_batches=val_batches, mode=spec.mode, progress=progress, tolerances=tolerances,
         config=spec.to_dict() | {"data_name": dataset.name, "train_samples": len(dataset.x_train),
                                  "val_samples": len(dataset.x_val), "input_size": dataset.input_size,

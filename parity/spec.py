@@ -24,7 +24,7 @@ import jax_impl.schedules
 import torch_ref.models
 from jax_impl.spec import CallSpec, SpecError, bind_call, build_from_registry, parse_call
 
-__all__ = ["RunSpec", "SpecError", "DTYPES", "build_models", "build_torch_optimizer",
+__all__ = ["RunSpec", "SpecError", "DTYPES", "parse_param_group", "build_models", "build_torch_optimizer",
            "build_torch_scheduler", "build_torch_loss"]
 
 DTYPES = {"float32": (torch.float32, jnp.float32, np.float32), "float64": (torch.float64, jnp.float64, np.float64)}
@@ -48,6 +48,9 @@ class RunSpec:
     dtype: str = "float32"
     mode: str = "resync"  # "resync": reset JAX from torch after every step; "free": no reset
     data: str = "digits"  # "digits", "synthetic" or a path to an .npz file
+    #: torch parameter groups, each written as its keyword arguments with ``params`` a regular
+    #: expression over torch parameter names: ``"params='bias', weight_decay=0.0"``
+    param_groups: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for key in ("model", "loss", "optimizer", "scheduler"):
@@ -57,6 +60,12 @@ class RunSpec:
             if not isinstance(value, str):
                 raise SpecError(f"{key} must be a spec string such as 'SGD(lr=0.01)', got {value!r}")
             parse_call(value)  # raises on a malformed spec
+        if isinstance(self.param_groups, str) or not isinstance(self.param_groups, (tuple, list)):
+            raise SpecError(f"param_groups must be a tuple of strings such as \"params='bias', weight_decay=0.0\", "
+                            f"got {self.param_groups!r}")
+        object.__setattr__(self, "param_groups", tuple(self.param_groups))
+        for text in self.param_groups:
+            parse_param_group(text)
         _choice("scheduler_interval", self.scheduler_interval, INTERVALS)
         _choice("dtype", self.dtype, tuple(DTYPES))
         _choice("mode", self.mode, MODES)
@@ -69,6 +78,25 @@ class RunSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def parse_param_group(text: str) -> dict[str, Any]:
+    """A torch parameter group written as keyword arguments, ``params`` a regular expression
+    searched in each torch parameter name: ``"params='bias', weight_decay=0.0"`` ->
+    ``{"params": "bias", "weight_decay": 0.0}`` (torch's ``{"params": [...], "weight_decay": 0.0}``)."""
+    if not isinstance(text, str):
+        raise SpecError(f"a param group must be a string such as \"params='bias', weight_decay=0.0\", got {text!r}")
+    try:
+        call = parse_call(f"group({text})")
+    except SpecError as error:
+        raise SpecError(f"param group {text!r}: {error}") from None
+    group = dict(call.kwargs)
+    if not isinstance(group.get("params"), str):
+        raise SpecError(f"param group {text!r}: give params='<regular expression over parameter names>', "
+                        "e.g. \"params='bias', weight_decay=0.0\"")
+    if len(group) == 1:
+        raise SpecError(f"param group {text!r}: sets no option (add e.g. weight_decay=0.0 or lr=0.01)")
+    return group
 
 
 def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -131,10 +159,17 @@ def build_torch_optimizer(spec: str, params) -> torch.optim.Optimizer:
         raise SpecError(f"optimizer {call}: {error}") from None
 
 
-def build_torch_scheduler(spec: str, optimizer: torch.optim.Optimizer):
-    call = parse_call(spec)
+def build_torch_scheduler(spec: str | CallSpec, optimizer: torch.optim.Optimizer,
+                          arguments: dict[str, Any] | None = None):
+    """The torch scheduler of ``spec`` on ``optimizer``; nested specs (SequentialLR's
+    ``schedulers``) are built on the same optimizer; ``arguments`` adds what a string cannot
+    hold (a callable ``lr_lambda``)."""
+    call = spec if isinstance(spec, CallSpec) else parse_call(spec)
     cls = _torch_class(torch.optim.lr_scheduler, call, "scheduler", jax_impl.schedules.SCHEDULERS)
-    kwargs = _torch_kwargs(call, cls, "scheduler", ("optimizer",))
+    kwargs = _torch_kwargs(call, cls, "scheduler", ("optimizer",)) | dict(arguments or {})
+    for key, value in kwargs.items():
+        if isinstance(value, list) and value and all(isinstance(v, CallSpec) for v in value):
+            kwargs[key] = [build_torch_scheduler(inner, optimizer) for inner in value]
     try:
         return cls(optimizer, **kwargs)
     except Exception as error:  # any failure to build from the user's arguments is bad input

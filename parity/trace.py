@@ -33,13 +33,16 @@ class StepTrace:
     optimizer_state: dict[str, np.ndarray]
     params: dict[str, np.ndarray]
     buffers: dict[str, np.ndarray]
+    #: the other scheduled values of this update, compared with ``lr``: each further parameter
+    #: group's lr ("lr (group 1)"), and the momentum or beta1 a cycling scheduler sets
+    hyperparams: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def stage(self, name: str) -> dict[str, np.ndarray]:
         """The tensors of one stage, by torch name."""
         if name == "loss":
             return {"loss": np.asarray(self.loss)}
         if name == "lr":
-            return {"lr": np.asarray(self.lr)}
+            return {"lr": np.asarray(self.lr)} | {key: np.asarray(value) for key, value in self.hyperparams.items()}
         fields = {"gradient": "grads", "optimizer_state": "optimizer_state", "parameters": "params",
                   "buffers": "buffers"}
         return getattr(self, fields[name])

@@ -9,7 +9,7 @@ torch's per-parameter ``step`` where torch keeps one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -17,6 +17,12 @@ import jax.numpy as jnp
 import optax
 
 PyTree = Any
+
+#: torch param-group keys whose value is a tuple, and the names of the scalar hyperparameters
+#: the builders split it into (``optax.inject_hyperparams`` injects scalars).
+TUPLE_HYPERPARAMS: dict[str, tuple[str, ...]] = {
+    "betas": ("beta1", "beta2"),
+}
 
 def scalar(value: Any, like: jax.Array) -> jax.Array:
     """``value`` as a 0-d array of ``like``'s dtype.
@@ -123,3 +129,54 @@ def set_update_count(opt_state: Any, count: int) -> Any:
         return node
 
     return rebuild(opt_state)
+
+
+def param_group_states(opt_state: Any) -> list[Any]:
+    """The state of each parameter group, in torch's group order.
+
+    A plain optimizer has one group (``[opt_state]``); :func:`jax_impl.optim.from_torch` with
+    ``param_groups`` builds an ``optax.partition`` whose labels are the group indices, and each
+    group's state is returned without optax's masking wrapper. Per-parameter fields of a group's
+    state hold ``optax.MaskedNode`` for the parameters of other groups.
+    """
+    inner = getattr(opt_state, "inner_states", None)
+    if not isinstance(inner, Mapping):
+        return [opt_state]
+    return [_unmasked(inner[label]) for label in sorted(inner)]
+
+
+def replace_param_group_states(opt_state: Any, states: Sequence[Any]) -> Any:
+    """``opt_state`` with each group's state replaced (the inverse of :func:`param_group_states`)."""
+    inner = getattr(opt_state, "inner_states", None)
+    if not isinstance(inner, Mapping):
+        (state,) = states
+        return state
+    labels = sorted(inner)
+    if len(states) != len(labels):
+        raise ValueError(f"expected {len(labels)} parameter group states, got {len(states)}")
+    replaced = {
+        label: inner[label]._replace(inner_state=state) if isinstance(inner[label], optax.MaskedState) else state
+        for label, state in zip(labels, states, strict=True)
+    }
+    return opt_state._replace(inner_states=replaced)
+
+
+def _unmasked(state: Any) -> Any:
+    return state.inner_state if isinstance(state, optax.MaskedState) else state
+
+
+def set_hyperparam(opt_state: Any, name: str, values: Sequence[Any]) -> Any:
+    """Write hyperparameter ``name`` (``"lr"``, ``"momentum"``, ...) of each parameter group:
+    what torch's ``ReduceLROnPlateau`` does to ``param_group["lr"]``. ``values`` has one entry per
+    group; the dtype of the stored value is kept."""
+    states = param_group_states(opt_state)
+    if len(values) != len(states):
+        raise ValueError(f"expected one {name!r} per parameter group ({len(states)}), got {len(values)}")
+    updated = []
+    for state, value in zip(states, values, strict=True):
+        hyperparams = dict(state.hyperparams)
+        if name not in hyperparams:
+            raise KeyError(f"the optimizer has no injectable hyperparameter {name!r} (it has {sorted(hyperparams)})")
+        hyperparams[name] = jnp.asarray(value, dtype=jnp.result_type(hyperparams[name]))
+        updated.append(state._replace(hyperparams=hyperparams))
+    return replace_param_group_states(opt_state, updated)

@@ -110,7 +110,7 @@ def _check(lr, betas, eps, weight_decay) -> tuple[float, float]:
     if not 0.0 <= eps:
         raise ValueError(f"Invalid epsilon value: {eps}")
     beta1, beta2 = betas
-    if not 0.0 <= beta1 < 1.0:
+    if not callable(beta1) and not 0.0 <= beta1 < 1.0:  # a callable: cycled by OneCycleLR or CyclicLR
         raise ValueError(f"Invalid beta parameter at index 0: {beta1}")
     if not 0.0 <= beta2 < 1.0:
         raise ValueError(f"Invalid beta parameter at index 1: {beta2}")

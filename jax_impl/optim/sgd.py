@@ -89,13 +89,14 @@ def SGD(
     """Build :func:`sgd` from ``torch.optim.SGD``'s constructor arguments and defaults."""
     del foreach, differentiable, fused  # choose torch kernels only
     check_lr(lr)
-    if momentum < 0.0:
+    scheduled = callable(momentum)  # cycled by OneCycleLR or CyclicLR
+    if not scheduled and momentum < 0.0:
         raise ValueError(f"Invalid momentum value: {momentum}")
     if weight_decay < 0.0:
         raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-    if nesterov and (momentum <= 0 or dampening != 0):
+    if nesterov and ((not scheduled and momentum <= 0) or dampening != 0):
         raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-    static = ("nesterov", "maximize") + (("momentum",) if momentum == 0 else ())
+    static = ("nesterov", "maximize") + (("momentum",) if not scheduled and momentum == 0 else ())
     return optax.inject_hyperparams(sgd, static_args=static, hyperparam_dtype=widest_float())(
         lr=lr,
         momentum=momentum,

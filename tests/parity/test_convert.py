@@ -166,12 +166,12 @@ def test_optimizer_state_round_trip_through_jax(spec: str):
     expected = torch_optimizer_state(optimizer, names, 3)
     fresh = jax_impl.optim.from_torch(spec).init(params)
     loaded = load_torch_optimizer_state(fresh, optimizer, names, converter, 3)
-    actual = jax_optimizer_state(loaded, converter, list(names.values()))
+    actual = jax_optimizer_state(loaded, converter, [list(names.values())])
     assert sorted(actual) == sorted(expected)
     for key, value in expected.items():
         np.testing.assert_array_equal(actual[key], value, err_msg=key)
     # not vacuous: the fresh JAX state differs from torch's after 3 steps
-    before = jax_optimizer_state(fresh, converter, list(names.values()))
+    before = jax_optimizer_state(fresh, converter, [list(names.values())])
     assert any(not np.array_equal(before[key], value) for key, value in expected.items() if key in before)
 
 
