@@ -125,10 +125,20 @@ def build_models(
     for key, value in given.items():
         if key in kwargs and kwargs[key] != value:
             raise SpecError(f"model {call}: {key}={kwargs[key]} but the data has {value}")
-    for key, value in kwargs.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise SpecError(f"model {call}: {key} must be a positive integer, got {value!r}")
     parameters = inspect.signature(torch_cls.__init__).parameters
+    for key, value in kwargs.items():
+        default = parameters[key].default
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise SpecError(f"model {call}: {key} must be True or False, got {value!r}")
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise SpecError(f"model {call}: {key} must be a number, got {value!r}")
+        elif isinstance(default, str):
+            if not isinstance(value, str):
+                raise SpecError(f"model {call}: {key} must be a string, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SpecError(f"model {call}: {key} must be a positive integer, got {value!r}")
     kwargs |= {k: v for k, v in given.items() if k in parameters}
     torch_dtype, jax_dtype, _ = DTYPES[dtype]
     try:

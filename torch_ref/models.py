@@ -9,14 +9,17 @@ __all__ = ["MODELS", "SimpleNN"]
 
 
 class SimpleNN(nn.Module):
-    """The seed's MLP: ``Linear(input_size, hidden_size) -> ReLU -> Linear(hidden_size, num_classes)``."""
+    """The seed's MLP: ``Linear(input_size, hidden_size) -> ReLU -> Linear(hidden_size, num_classes)``.
 
-    def __init__(self, input_size: int = 784, hidden_size: int = 256, num_classes: int = 10):
+    ``bias=False`` leaves out both biases (every parameter is then a matrix, as torch's Muon needs).
+    """
+
+    def __init__(self, input_size: int = 784, hidden_size: int = 256, num_classes: int = 10, bias: bool = True):
         super().__init__()
         self.input_size = input_size
-        self.fc1 = nn.Linear(input_size, hidden_size)
+        self.fc1 = nn.Linear(input_size, hidden_size, bias=bias)
         self.relu = nn.ReLU()
-        self.fc2 = nn.Linear(hidden_size, num_classes)
+        self.fc2 = nn.Linear(hidden_size, num_classes, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.view(-1, self.input_size)  # (B, input_size)

@@ -20,13 +20,14 @@ class SimpleNN(nnx.Module):
         input_size: int = 784,
         hidden_size: int = 256,
         num_classes: int = 10,
+        bias: bool = True,
         *,
         rngs: nnx.Rngs,
         param_dtype=jnp.float32,
     ):
         self.input_size = input_size
-        self.fc1 = Linear(input_size, hidden_size, rngs=rngs, param_dtype=param_dtype)
-        self.fc2 = Linear(hidden_size, num_classes, rngs=rngs, param_dtype=param_dtype)
+        self.fc1 = Linear(input_size, hidden_size, bias=bias, rngs=rngs, param_dtype=param_dtype)
+        self.fc2 = Linear(hidden_size, num_classes, bias=bias, rngs=rngs, param_dtype=param_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.reshape(-1, self.input_size)  # (B, input_size)

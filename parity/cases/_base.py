@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import types
 from collections.abc import Mapping
+from typing import Any
 
 from parity.compare import TOLERANCES, Tolerance
+from parity.runner import ParityReport, run
 from parity.spec import RunSpec, parse_call
 
-__all__ = ["Case", "COMPONENTS", "BASE"]
+__all__ = ["Case", "COMPONENTS", "BASE", "LONG"]
 
 #: What a case can be about; each is also the RunSpec field that names it.
 COMPONENTS = ("optimizer", "scheduler", "loss", "model")
@@ -23,6 +25,8 @@ class Case:
     tolerances: Mapping[tuple[str, str], Tolerance] = dataclasses.field(
         default_factory=lambda: types.MappingProxyType({})
     )  # (stage, dtype) -> override; each must carry its own reason
+    #: scheduler arguments a spec string cannot hold (LambdaLR's lr_lambda), given to both sides
+    scheduler_arguments: Mapping[str, Any] = dataclasses.field(default_factory=lambda: types.MappingProxyType({}))
 
     def __post_init__(self) -> None:
         if self.component not in COMPONENTS:
@@ -43,6 +47,11 @@ class Case:
     def run_spec(self, dtype: str, mode: str = "resync") -> RunSpec:
         return dataclasses.replace(self.spec, dtype=dtype, mode=mode)
 
+    def run(self, dtype: str, mode: str = "resync") -> ParityReport:
+        """Run this case through the harness with its own tolerances and arguments."""
+        return run(self.run_spec(dtype, mode), tolerances=self.tolerances,
+                   scheduler_arguments=self.scheduler_arguments)
+
 
 #: A 32-unit SimpleNN on the digits data, 2 epochs of 5 batches of 32: a case takes a second or two.
 BASE = RunSpec(
@@ -55,3 +64,6 @@ BASE = RunSpec(
     batch_size=32,
     data="digits",
 )
+
+#: :data:`BASE` for 20 updates (2 epochs of 10): every optimizer case runs at least this long.
+LONG = dataclasses.replace(BASE, steps_per_epoch=10)

@@ -31,7 +31,7 @@ def _failure_message(case: Case, report: parity.ParityReport) -> str:
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
 def test_case_holds_in_resync_mode(case: Case, dtype: str):
-    report = parity.run(case.run_spec(dtype, "resync"), tolerances=case.tolerances)
+    report = case.run(dtype, "resync")
     assert len(report.steps) == case.spec.epochs * case.spec.steps_per_epoch
     assert report.ok, _failure_message(case, report)
 
@@ -82,6 +82,12 @@ def test_a_case_override_reaches_the_comparison():
     override = Tolerance(1e-6, 1e-8, "a test of the plumbing")
     case = dataclasses.replace(CASES[0], spec=dataclasses.replace(CASES[0].spec, epochs=1, steps_per_epoch=1),
                                tolerances={("parameters", "float64"): override})
-    report = parity.run(case.run_spec("float64"), tolerances=case.tolerances)
+    report = case.run("float64")
     assert report.steps[0].stages["parameters"].tolerance == override
     assert report.steps[0].stages["loss"].tolerance == TOLERANCES[("loss", "float64")]
+
+
+def test_every_optimizer_case_runs_at_least_20_updates():
+    short = [case.name for case in CASES if case.component == "optimizer"
+             and case.spec.epochs * case.spec.steps_per_epoch < 20]
+    assert not short, f"optimizer cases shorter than 20 updates: {short}"
