@@ -95,8 +95,11 @@ def adam(
             denom = jnp.sqrt(v) / scalar(bias_correction2_sqrt, v) + scalar(eps, v)
             step_update = -scalar(step_size, m) * (m / denom)
             if decoupled_weight_decay:
-                # torch: p.mul_(1 - lr * wd) before the Adam step, i.e. p += -lr*wd*p
-                step_update = step_update - scalar(jnp.asarray(lr, wide) * weight_decay, p) * p
+                # torch: p.mul_(1 - lr * wd), then the Adam step on the decayed p. Rounded in that
+                # order, as the difference from p: apply_updates' p + (new - p) gives new exactly
+                # (Sterbenz) wherever the step is small, which it is
+                decayed = p * scalar(1 - jnp.asarray(lr, wide) * weight_decay, p)
+                return (decayed + step_update) - p
             return step_update
 
         new_updates = jax.tree.map(delta, exp_avg, second, params)
