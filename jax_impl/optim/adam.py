@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jax_impl.optim._base import PyTree, check_lr, scalar, widest_float
+from jax_impl.optim._base import PyTree, check_lr, one_minus_power, scalar, static_betas, widest_float
 
 
 class AdamState(NamedTuple):
@@ -49,7 +49,9 @@ def adam(
 
     torch computes the bias corrections and the step size in Python double precision; here
     they are computed in the widest float JAX has enabled (float64 under ``jax_enable_x64``),
-    then cast to the parameter dtype, as torch casts them.
+    then cast to the parameter dtype, as torch casts them. Betas given as Python floats (the
+    builders pass them so, unless scheduled) keep ``1 - beta`` and the bias corrections in
+    double even without x64 (:func:`~jax_impl.optim._base.one_minus_power`).
     """
 
     def init_fn(params: PyTree) -> AdamState:
@@ -66,10 +68,11 @@ def adam(
             raise ValueError("torch Adam needs params in update() (weight decay reads them)")
         count = optax.safe_increment(state.count)
         wide = widest_float()
-        step = count.astype(wide)
-        b1, b2 = jnp.asarray(beta1, wide), jnp.asarray(beta2, wide)
-        bias_correction1 = 1 - b1**step
-        bias_correction2_sqrt = jnp.sqrt(1 - b2**step)
+        # static betas stay Python floats, so 1 - beta is computed in double, as in torch
+        b1 = beta1 if isinstance(beta1, (int, float)) else jnp.asarray(beta1, wide)
+        b2 = beta2 if isinstance(beta2, (int, float)) else jnp.asarray(beta2, wide)
+        bias_correction1 = one_minus_power(beta1, count)
+        bias_correction2_sqrt = jnp.sqrt(one_minus_power(beta2, count))
         step_size = jnp.asarray(lr, wide) / bias_correction1
 
         def gradient(g, p):
@@ -142,7 +145,8 @@ def Adam(
     """Build :func:`adam` from ``torch.optim.Adam``'s constructor arguments and defaults."""
     del foreach, capturable, differentiable, fused  # choose torch kernels only
     beta1, beta2 = _check(lr, betas, eps, weight_decay)
-    return optax.inject_hyperparams(adam, static_args=_STATIC, hyperparam_dtype=widest_float())(
+    return optax.inject_hyperparams(adam, static_args=_STATIC + static_betas(beta1, beta2),
+                                    hyperparam_dtype=widest_float())(
         lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
         amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=decoupled_weight_decay,
     )

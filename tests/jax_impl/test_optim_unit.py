@@ -16,7 +16,7 @@ from jax_impl.spec import SpecError
 
 
 @pytest.mark.parametrize("spec, fragment", [
-    ("Adagrad(lr=0.1)", "unknown optimizer 'Adagrad'"),
+    ("Adagrd(lr=0.1)", "unknown optimizer 'Adagrd' (did you mean 'Adagrad'?)"),
     ("SGD(lr=0.1, momentun=0.9)", "unknown argument 'momentun'"),
     ("SGD(lr=-0.1)", "Invalid learning rate"),
     ("Adam(lr=-1e-3)", "Invalid learning rate"),
