@@ -35,8 +35,14 @@ def train_step(
 
     ``before_step`` runs after ``backward()`` and before ``optimizer.step()``: the point
     where gradients are exactly what the optimizer will see.
+
+    An optimizer that re-evaluates the loss (``torch.optim.LBFGS``) is stepped with a closure,
+    as its documentation shows; ``before_step`` then sees the gradients of the first
+    evaluation, and the loss and outputs returned are those of the first evaluation too.
     """
     model.train()
+    if isinstance(optimizer, torch.optim.LBFGS):
+        return _closure_step(model, criterion, optimizer, inputs, targets, before_step)
     optimizer.zero_grad()
     outputs = model(inputs)
     loss = criterion(outputs, targets)
@@ -45,6 +51,24 @@ def train_step(
         before_step()
     optimizer.step()
     return loss, outputs
+
+
+def _closure_step(model, criterion, optimizer, inputs, targets, before_step):
+    first: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        outputs = model(inputs)
+        loss = criterion(outputs, targets)
+        loss.backward()
+        if not first:
+            first.append((loss, outputs))
+            if before_step is not None:
+                before_step()
+        return loss
+
+    optimizer.step(closure)
+    return first[0]
 
 
 def evaluate(model: nn.Module, criterion, batches: Batches) -> tuple[float, float]:
