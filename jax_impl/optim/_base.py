@@ -22,7 +22,9 @@ PyTree = Any
 #: torch param-group keys whose value is a tuple, and the names of the scalar hyperparameters
 #: the builders split it into (``optax.inject_hyperparams`` injects scalars).
 TUPLE_HYPERPARAMS: dict[str, tuple[str, ...]] = {
-    "betas": ("beta1", "beta2"),
+    "betas": ("beta1", "beta2"),  # the Adam family
+    "etas": ("etaminus", "etaplus"),  # Rprop
+    "step_sizes": ("step_size_min", "step_size_max"),  # Rprop
 }
 
 def scalar(value: Any, like: jax.Array) -> jax.Array:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from jax_impl.optim._base import PyTree, check_lr, scalar, widest_float
-from jax_impl.optim.adam import _lerp
+from jax_impl.optim._base import (
+    PyTree,
+    one_minus_power,
+    scalar,
+    static_betas,
+    widest_float,
+)
+from jax_impl.optim.adam import _check, _lerp
 
 
 class AdamaxState(NamedTuple):
@@ -38,8 +44,10 @@ def adamax(
     ``maximize``, which optax lacks; the bias correction :math:`1-\beta_1^t` and the step size
     are computed in the widest float enabled (float64 under ``jax_enable_x64``), as torch
     computes them in Python double, then cast to the parameter dtype (optax computes them in
-    float32 for float32 parameters, about 1e-5 relative off torch in float32). As in torch the
-    step is ``(-step_size * m) / u``, one rounding per operation.
+    the parameter dtype: after 200 float32 steps its parameters are 1e-7 relative off torch's,
+    where these are bit-identical on CPU). As in torch the step is ``(-step_size * m) / u``,
+    one rounding per operation; XLA fuses the weight decay and the ``lerp`` into
+    multiply-adds, as torch's CPU kernels do.
     """
 
     def init_fn(params: PyTree) -> AdamaxState:
@@ -54,8 +62,9 @@ def adamax(
             raise ValueError("torch Adamax needs params in update() (weight decay reads them)")
         count = optax.safe_increment(state.count)
         wide = widest_float()
-        b1 = jnp.asarray(beta1, wide)
-        step_size = jnp.asarray(lr, wide) / (1 - b1 ** count.astype(wide))
+        # static betas stay Python floats, so 1 - beta is computed in double, as in torch
+        b1 = beta1 if isinstance(beta1, (int, float)) else jnp.asarray(beta1, wide)
+        step_size = jnp.asarray(lr, wide) / one_minus_power(beta1, count)
 
         def gradient(g, p):
             g = -g if maximize else g
@@ -76,26 +85,6 @@ def adamax(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def check_adam_like(lr: Any, betas: Any, eps: Any, weight_decay: Any) -> tuple[Any, Any]:
-    """The checks torch's Adamax, NAdam and RAdam constructors share, in torch's order and
-    wording; returns ``betas`` split into ``(beta1, beta2)``.
-
-    ``lr`` and ``beta1`` may be callables of the update count (schedules: torch's
-    OneCycleLR/CyclicLR cycle ``betas[0]``); they are not checked.
-    """
-    check_lr(lr)
-    if not 0.0 <= eps:
-        raise ValueError(f"Invalid epsilon value: {eps}")
-    beta1, beta2 = betas
-    if not callable(beta1) and not 0.0 <= beta1 < 1.0:
-        raise ValueError(f"Invalid beta parameter at index 0: {beta1}")
-    if not 0.0 <= beta2 < 1.0:
-        raise ValueError(f"Invalid beta parameter at index 1: {beta2}")
-    if not 0.0 <= weight_decay:
-        raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-    return beta1, beta2
-
-
 def Adamax(
     lr: float = 2e-3,
     betas: tuple[float, float] = (0.9, 0.999),
@@ -109,11 +98,63 @@ def Adamax(
 ) -> optax.GradientTransformation:
     """Build :func:`adamax` from ``torch.optim.Adamax``'s constructor arguments and defaults.
 
-    Hyperparameters: ``lr``, ``beta1``, ``beta2`` (torch's ``betas``), ``eps``,
-    ``weight_decay``; ``maximize`` is static.
+    Hyperparameters: ``lr``, ``eps``, ``weight_decay``, and ``beta1`` when it is scheduled (a
+    callable); numeric ``betas`` (split into ``beta1``, ``beta2``) and ``maximize`` are static.
     """
     del foreach, differentiable, capturable  # choose torch kernels only
-    beta1, beta2 = check_adam_like(lr, betas, eps, weight_decay)
-    return optax.inject_hyperparams(adamax, static_args=("maximize",), hyperparam_dtype=widest_float())(
+    beta1, beta2 = _check(lr, betas, eps, weight_decay)
+    static = ("maximize",) + static_betas(beta1, beta2)
+    return optax.inject_hyperparams(adamax, static_args=static, hyperparam_dtype=widest_float())(
         lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, maximize=maximize,
     )
+
+
+# ------------------------------------------------------------------------------------------
+# Shared with nadam.py and radam.py: torch's float rounding where XLA would round differently (measured on CPU: with them, float32 Adamax/NAdam/RAdam steps
+# are bit-identical to torch's except where torch's float32 sqrt is not correctly rounded).
+
+
+def fma(a: jax.Array, b: jax.Array, c: jax.Array) -> jax.Array:
+    """``a * b + c`` rounded once, to ``c``'s dtype, as torch's CPU kernels compute
+    ``addcmul`` (``c + (value * t1) * t2``), ``lerp`` and ``add(alpha=)``.
+
+    XLA on CPU fuses ``a * b + c`` too, but when ``c`` is itself a product it may fuse that
+    one instead. Computed in the widest float enabled: for float32 operands under x64 the
+    product is exact and the sum is rounded to float64, then to float32, which differs from
+    one rounding only in rare halfway cases. For float64 operands it is ``a * b + c`` as XLA
+    fuses it: equal to torch's up to 1 ulp.
+    """
+    wide = widest_float()
+    return (a.astype(wide) * b.astype(wide) + c.astype(wide)).astype(jnp.result_type(c))
+
+
+def rounded_product(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a * b`` rounded to ``a``'s dtype on its own, as torch rounds a product it stores
+    (``p.mul_(c)``, or a tensor it then adds to ``p``).
+
+    Plain ``a * b + c`` would not do: XLA on CPU fuses a product into the addition that
+    follows (an FMA, one rounding), and LLVM sees through a float64 product of two float32
+    values cast back to float32. So the product is taken in the widest float enabled and
+    rounded by ``lax.reduce_precision`` to ``a``'s precision, which the compiler keeps
+    (subnormal results are zero, as everywhere in XLA on CPU). For float64 operands: ``a * b``,
+    which XLA may fuse, a 1-ulp difference.
+    """
+    dtype, wide = jnp.result_type(a), widest_float()
+    if dtype == wide:
+        return a * b
+    info = jnp.finfo(dtype)
+    product = a.astype(wide) * b.astype(wide)  # exact for float32 operands
+    return jax.lax.reduce_precision(product, info.nexp, info.nmant).astype(dtype)
+
+
+def divide(x: jax.Array, divisor: jax.Array) -> jax.Array:
+    """``x / divisor`` for a scalar ``divisor``, rounded once, as torch divides a tensor by a
+    Python number (cast to the tensor's dtype first, as :func:`scalar` does).
+
+    XLA rewrites a division by a broadcast scalar into a multiplication by its reciprocal (two
+    roundings: about half of float32 quotients change by an ulp). Done in the widest float
+    enabled, the reciprocal's rounding no longer shows in a float32 result; for float64
+    operands this is XLA's division (1 ulp).
+    """
+    dtype, wide = jnp.result_type(x), widest_float()
+    return (x.astype(wide) / divisor.astype(wide)).astype(dtype)

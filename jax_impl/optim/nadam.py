@@ -8,9 +8,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jax_impl.optim._base import PyTree, scalar, widest_float
-from jax_impl.optim.adam import _lerp
-from jax_impl.optim.adamax import check_adam_like
+from jax_impl.optim._base import (
+    PyTree,
+    one_minus_power,
+    scalar,
+    static_betas,
+    widest_float,
+)
+from jax_impl.optim.adam import _check, _lerp
+from jax_impl.optim.adamax import divide, fma, rounded_product
 
 
 class NAdamState(NamedTuple):
@@ -44,7 +50,7 @@ def nadam(
 
     with :math:`\psi` = ``momentum_decay``. Coupled weight decay adds :math:`\lambda p` to
     :math:`g` (after ``maximize`` negates it); decoupled first scales :math:`p` by
-    :math:`1 - \eta\lambda` (here: adds :math:`-\eta\lambda p` to the update).
+    :math:`1 - \eta\lambda`.
 
     The running product :math:`\Pi_t` (state ``mu_product``) is kept in ``scalar_dtype``:
     torch keeps it as a tensor of its *default* dtype, float32 unless the user called
@@ -56,13 +62,22 @@ def nadam(
     both step sizes, which read :math:`\Pi_t` as a double) is a Python double in torch and is
     computed here in the widest float enabled, then cast to the parameter dtype.
 
+    XLA on CPU flushes subnormals to zero: once :math:`\Pi_t` falls below 1.2e-38 in float32
+    (near step 110 at the default betas) it is 0 here where torch's is subnormal; the step
+    sizes are unaffected (:math:`1 - \Pi_t` is 1 in double either way).
+
+    Per element the roundings are torch's: ``addcmul``'s multiply-add, the division by the
+    bias correction, the optional ``p * (1 - lr * wd)`` and the two ``addcdiv`` additions to
+    :math:`p`, one at a time. The update returned is the new :math:`p` minus the old, which
+    adding back reproduces exactly while the step is smaller than :math:`|p|/2` (Sterbenz).
+
     Differences from ``optax.nadam``: optax uses a constant :math:`\mu = \beta_1` (torch's
-    ``momentum_decay=inf``) with Adam's bias corrections, and has no weight decay,
-    ``maximize`` or ``mu_product``.
+    ``momentum_decay=inf``) and a float64 :math:`\Pi_t`, and has no weight decay or
+    ``maximize``.
     """
 
     def init_fn(params: PyTree) -> NAdamState:
-        zeros = lambda: jax.tree.map(jnp.zeros_like, params)  # noqa: E731
+        zeros = lambda: jax.tree.map(jnp.zeros_like, params)
         return NAdamState(
             count=jnp.zeros([], jnp.int32),
             exp_avg=zeros(),
@@ -76,8 +91,11 @@ def nadam(
         count = optax.safe_increment(state.count)
         wide = widest_float()
         step = count.astype(wide)
-        lr_, b1, b2 = (jnp.asarray(x, wide) for x in (lr, beta1, beta2))
-        bias_correction2 = 1 - b2**step
+        lr_ = jnp.asarray(lr, wide)
+        # static betas stay Python floats, so 1 - beta is computed in double, as in torch
+        b1 = beta1 if isinstance(beta1, (int, float)) else jnp.asarray(beta1, wide)
+        b2 = beta2 if isinstance(beta2, (int, float)) else jnp.asarray(beta2, wide)
+        bias_correction2 = one_minus_power(beta2, count)
         mu = b1 * (1 - 0.5 * jnp.asarray(0.96, wide) ** (step * momentum_decay))
         mu_next = b1 * (1 - 0.5 * jnp.asarray(0.96, wide) ** ((step + 1) * momentum_decay))
         # torch: mu_product *= mu, a scalar_dtype tensor times a Python double
@@ -96,18 +114,19 @@ def nadam(
         exp_avg = jax.tree.map(
             lambda m, g: _lerp(m, g, scalar(1 - b1, g)), state.exp_avg, grads
         )
-        exp_avg_sq = jax.tree.map(
-            lambda v, g: v * scalar(b2, v) + (scalar(1 - b2, g) * g) * g, state.exp_avg_sq, grads
+        exp_avg_sq = jax.tree.map(  # torch: v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            lambda v, g: fma(scalar(1 - b2, g) * g, g, v * scalar(b2, v)), state.exp_avg_sq, grads
         )
 
         def delta(g, m, v, p):
-            denom = jnp.sqrt(v / scalar(bias_correction2, v)) + scalar(eps, v)
-            # torch: two addcdiv_ calls, p + (value * t1) / denom each
-            step_update = (scalar(grad_step, g) * g) / denom + (scalar(avg_step, m) * m) / denom
+            denom = jnp.sqrt(divide(v, scalar(bias_correction2, v))) + scalar(eps, v)
+            new_p = p
             if decoupled_weight_decay:
-                # torch: p.mul_(1 - lr * wd) before the step, i.e. p += -lr*wd*p
-                step_update = step_update - scalar(lr_ * weight_decay, p) * p
-            return step_update
+                new_p = rounded_product(p, scalar(1 - lr_ * weight_decay, p))  # torch: p.mul_
+            # torch: two addcdiv_ calls, p + (value * t1) / denom each, rounded one at a time
+            new_p = new_p + (scalar(grad_step, g) * g) / denom
+            new_p = new_p + (scalar(avg_step, m) * m) / denom
+            return new_p - p  # exact (Sterbenz) while new_p is within a factor 2 of p
 
         new_updates = jax.tree.map(delta, grads, exp_avg, exp_avg_sq, params)
         return new_updates, NAdamState(count, exp_avg, exp_avg_sq, mu_product)
@@ -130,17 +149,19 @@ def NAdam(
 ) -> optax.GradientTransformation:
     """Build :func:`nadam` from ``torch.optim.NAdam``'s constructor arguments and defaults.
 
-    Hyperparameters: ``lr``, ``beta1``, ``beta2`` (torch's ``betas``), ``eps``,
-    ``weight_decay``, ``momentum_decay``; ``decoupled_weight_decay`` and ``maximize`` are
-    static. ``mu_product`` is float32, as torch keeps it under its default default dtype; for
-    a torch run with ``torch.set_default_dtype(torch.float64)`` build
+    Hyperparameters: ``lr``, ``eps``, ``weight_decay``, ``momentum_decay``, and ``beta1`` when
+    it is scheduled (a callable); numeric ``betas`` (split into ``beta1``, ``beta2``),
+    ``decoupled_weight_decay`` and ``maximize`` are static. ``mu_product`` is float32, as
+    torch keeps it under its default default dtype; for a torch run with
+    ``torch.set_default_dtype(torch.float64)`` build
     ``optax.inject_hyperparams(nadam, static_args=(...))(..., scalar_dtype=jnp.float64)``.
     """
     del foreach, capturable, differentiable  # choose torch kernels only
-    beta1, beta2 = check_adam_like(lr, betas, eps, weight_decay)
+    beta1, beta2 = _check(lr, betas, eps, weight_decay)
     if not 0.0 <= momentum_decay:
         raise ValueError(f"Invalid momentum_decay value: {momentum_decay}")
-    return optax.inject_hyperparams(nadam, static_args=_STATIC, hyperparam_dtype=widest_float())(
+    static = _STATIC + static_betas(beta1, beta2)
+    return optax.inject_hyperparams(nadam, static_args=static, hyperparam_dtype=widest_float())(
         lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
         momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
         maximize=maximize,

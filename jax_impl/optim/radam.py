@@ -8,9 +8,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jax_impl.optim._base import PyTree, scalar, widest_float
-from jax_impl.optim.adam import _lerp
-from jax_impl.optim.adamax import check_adam_like
+from jax_impl.optim._base import (
+    PyTree,
+    one_minus_power,
+    scalar,
+    static_betas,
+    widest_float,
+)
+from jax_impl.optim.adam import _check, _lerp
+from jax_impl.optim.adamax import divide, fma, rounded_product
 
 
 class RAdamState(NamedTuple):
@@ -43,10 +49,14 @@ def radam(
             \end{cases}
 
     Coupled weight decay adds :math:`\lambda p` to the gradient (after ``maximize`` negates
-    it); decoupled first scales :math:`p` by :math:`1 - \eta\lambda` (here: adds
-    :math:`-\eta\lambda p` to the update). The scalars (bias corrections, :math:`\rho_t`,
-    :math:`r_t`) are Python doubles in torch: here they are computed in the widest float
-    enabled, then cast to the parameter dtype.
+    it); decoupled first scales :math:`p` by :math:`1 - \eta\lambda`. The scalars (bias
+    corrections, :math:`\rho_t`, :math:`r_t`) are Python doubles in torch: here they are
+    computed in the widest float enabled, then cast to the parameter dtype.
+
+    Per element the roundings are torch's (``addcmul``'s multiply-add, the division by the
+    bias correction, each product rounded before it reaches :math:`p`); with decoupled weight
+    decay the update returned is the new :math:`p` minus the old, which adding back
+    reproduces exactly while the step is smaller than :math:`|p|/2` (Sterbenz).
 
     Differences from ``optax.radam``: torch adds :math:`\epsilon` to :math:`\sqrt{v_t}`
     before the bias correction, so its effective epsilon is :math:`\epsilon/\sqrt{1-\beta_2^t}`
@@ -68,9 +78,12 @@ def radam(
         count = optax.safe_increment(state.count)
         wide = widest_float()
         step = count.astype(wide)
-        lr_, b1, b2 = (jnp.asarray(x, wide) for x in (lr, beta1, beta2))
-        bias_correction1 = 1 - b1**step
-        bias_correction2 = 1 - b2**step
+        lr_ = jnp.asarray(lr, wide)
+        # static betas stay Python floats, so 1 - beta is computed in double, as in torch
+        b1 = beta1 if isinstance(beta1, (int, float)) else jnp.asarray(beta1, wide)
+        b2 = beta2 if isinstance(beta2, (int, float)) else jnp.asarray(beta2, wide)
+        bias_correction1 = one_minus_power(beta1, count)
+        bias_correction2 = one_minus_power(beta2, count)
         rho_inf = 2 / (1 - b2) - 1
         rho_t = rho_inf - 2 * step * b2**step / bias_correction2
         rect = jnp.sqrt(
@@ -88,20 +101,21 @@ def radam(
         exp_avg = jax.tree.map(
             lambda m, g: _lerp(m, g, scalar(1 - b1, g)), state.exp_avg, grads
         )
-        exp_avg_sq = jax.tree.map(
-            lambda v, g: v * scalar(b2, v) + (scalar(1 - b2, g) * g) * g, state.exp_avg_sq, grads
+        exp_avg_sq = jax.tree.map(  # torch: v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            lambda v, g: fma(scalar(1 - b2, g) * g, g, v * scalar(b2, v)), state.exp_avg_sq, grads
         )
 
         def delta(m, v, p):
-            plain = (m / scalar(bias_correction1, m)) * scalar(lr_, m)
+            plain = divide(m, scalar(bias_correction1, m)) * scalar(lr_, m)
             # torch: sqrt(1 - beta2^t) / (sqrt(v) + eps) is reciprocal(sqrt(v) + eps) * scalar
             adaptive = (1 / (jnp.sqrt(v) + scalar(eps, v))) * scalar(jnp.sqrt(bias_correction2), v)
-            rectified = (plain * adaptive) * scalar(rect, m)
-            step_update = -jnp.where(rectify, rectified, plain)
-            if decoupled_weight_decay:
-                # torch: p.mul_(1 - lr * wd) before the step, i.e. p += -lr*wd*p
-                step_update = step_update - scalar(lr_ * weight_decay, p) * p
-            return step_update
+            rectified = rounded_product(plain * adaptive, scalar(rect, m))
+            descent = jnp.where(rectify, rectified, plain)
+            if not decoupled_weight_decay:
+                return -descent
+            # torch: p.mul_(1 - lr * wd), then p.add_(descent, alpha=-1), rounded one at a time
+            new_p = rounded_product(p, scalar(1 - lr_ * weight_decay, p)) - descent
+            return new_p - p  # exact (Sterbenz) while new_p is within a factor 2 of p
 
         new_updates = jax.tree.map(delta, exp_avg, exp_avg_sq, params)
         return new_updates, RAdamState(count, exp_avg, exp_avg_sq)
@@ -123,14 +137,14 @@ def RAdam(
 ) -> optax.GradientTransformation:
     """Build :func:`radam` from ``torch.optim.RAdam``'s constructor arguments and defaults.
 
-    Hyperparameters: ``lr``, ``beta1``, ``beta2`` (torch's ``betas``), ``eps``,
-    ``weight_decay``; ``decoupled_weight_decay`` and ``maximize`` are static.
+    Hyperparameters: ``lr``, ``eps``, ``weight_decay``, and ``beta1`` when it is scheduled (a
+    callable); numeric ``betas`` (split into ``beta1``, ``beta2``), ``decoupled_weight_decay``
+    and ``maximize`` are static.
     """
     del foreach, capturable, differentiable  # choose torch kernels only
-    beta1, beta2 = check_adam_like(lr, betas, eps, weight_decay)
-    return optax.inject_hyperparams(
-        radam, static_args=("decoupled_weight_decay", "maximize"), hyperparam_dtype=widest_float()
-    )(
+    beta1, beta2 = _check(lr, betas, eps, weight_decay)
+    static = ("decoupled_weight_decay", "maximize") + static_betas(beta1, beta2)
+    return optax.inject_hyperparams(radam, static_args=static, hyperparam_dtype=widest_float())(
         lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
     )
