@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import torch
-from flax import nnx
 
 import jax_impl.losses
 import jax_impl.optim

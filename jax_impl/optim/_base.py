@@ -207,3 +207,55 @@ def set_hyperparam(opt_state: Any, name: str, values: Sequence[Any]) -> Any:
         hyperparams[name] = jnp.asarray(value, dtype=jnp.result_type(hyperparams[name]))
         updated.append(state._replace(hyperparams=hyperparams))
     return replace_param_group_states(opt_state, updated)
+
+
+# ------------------------------------------------------------------------------------------
+# torch's float rounding where XLA would round differently (measured on CPU: with these, float32
+# Adamax/NAdam/RAdam steps are bit-identical to torch's except where torch's float32 sqrt is not
+# correctly rounded).
+
+
+def fma(a: jax.Array, b: jax.Array, c: jax.Array) -> jax.Array:
+    """``a * b + c`` rounded once, to ``c``'s dtype, as torch's CPU kernels compute
+    ``addcmul`` (``c + (value * t1) * t2``), ``lerp`` and ``add(alpha=)``.
+
+    XLA on CPU fuses ``a * b + c`` too, but when ``c`` is itself a product it may fuse that
+    one instead. Computed in the widest float enabled: for float32 operands under x64 the
+    product is exact and the sum is rounded to float64, then to float32, which differs from
+    one rounding only in rare halfway cases. For float64 operands it is ``a * b + c`` as XLA
+    fuses it: equal to torch's up to 1 ulp.
+    """
+    wide = widest_float()
+    return (a.astype(wide) * b.astype(wide) + c.astype(wide)).astype(jnp.result_type(c))
+
+
+def rounded_product(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a * b`` rounded to ``a``'s dtype on its own, as torch rounds a product it stores
+    (``p.mul_(c)``, or a tensor it then adds to ``p``).
+
+    Plain ``a * b + c`` would not do: XLA on CPU fuses a product into the addition that
+    follows (an FMA, one rounding), and LLVM sees through a float64 product of two float32
+    values cast back to float32. So the product is taken in the widest float enabled and
+    rounded by ``lax.reduce_precision`` to ``a``'s precision, which the compiler keeps
+    (subnormal results are zero, as everywhere in XLA on CPU). For float64 operands: ``a * b``,
+    which XLA may fuse, a 1-ulp difference.
+    """
+    dtype, wide = jnp.result_type(a), widest_float()
+    if dtype == wide:
+        return a * b
+    info = jnp.finfo(dtype)
+    product = a.astype(wide) * b.astype(wide)  # exact for float32 operands
+    return jax.lax.reduce_precision(product, info.nexp, info.nmant).astype(dtype)
+
+
+def divide(x: jax.Array, divisor: jax.Array) -> jax.Array:
+    """``x / divisor`` for a scalar ``divisor``, rounded once, as torch divides a tensor by a
+    Python number (cast to the tensor's dtype first, as :func:`scalar` does).
+
+    XLA rewrites a division by a broadcast scalar into a multiplication by its reciprocal (two
+    roundings: about half of float32 quotients change by an ulp). Done in the widest float
+    enabled, the reciprocal's rounding no longer shows in a float32 result; for float64
+    operands this is XLA's division (1 ulp).
+    """
+    dtype, wide = jnp.result_type(x), widest_float()
+    return (x.astype(wide) / divisor.astype(wide)).astype(dtype)

@@ -10,13 +10,15 @@ import optax
 
 from jax_impl.optim._base import (
     PyTree,
+    divide,
+    fma,
     one_minus_power,
+    rounded_product,
     scalar,
     static_betas,
     widest_float,
 )
 from jax_impl.optim.adam import _check, _lerp
-from jax_impl.optim.adamax import divide, fma, rounded_product
 
 
 class RAdamState(NamedTuple):

@@ -8,8 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jax_impl.optim._base import PyTree, check_lr, scalar, widest_float
-from jax_impl.optim.adamax import fma, rounded_product
+from jax_impl.optim._base import PyTree, check_lr, fma, rounded_product, scalar, widest_float
 
 
 def _lerp(start: jax.Array, end: jax.Array, weight: jax.Array) -> jax.Array:
