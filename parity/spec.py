@@ -181,7 +181,7 @@ def build_torch_scheduler(spec: str | CallSpec, optimizer: torch.optim.Optimizer
         if isinstance(value, list) and value and all(isinstance(v, CallSpec) for v in value):
             kwargs[key] = [build_torch_scheduler(inner, optimizer) for inner in value]
     try:
-        return cls(optimizer, **kwargs)
+        return cls(optimizer=optimizer, **kwargs)  # by keyword: ChainedScheduler takes schedulers first
     except Exception as error:  # any failure to build from the user's arguments is bad input
         raise SpecError(f"scheduler {call}: {error}") from None
 
