@@ -23,6 +23,15 @@ def _transpose(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array.T)
 
 
+def _oihw_to_hwio(array: np.ndarray) -> np.ndarray:
+    """Conv2d weight (out, in/groups, kh, kw) -> Flax kernel (kh, kw, in/groups, out)."""
+    return np.ascontiguousarray(array.transpose(2, 3, 1, 0))
+
+
+def _hwio_to_oihw(array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(array.transpose(3, 2, 0, 1))
+
+
 @dataclasses.dataclass(frozen=True)
 class Rule:
     """How one torch variable maps to its NNX counterpart."""
@@ -32,8 +41,41 @@ class Rule:
     to_torch: Callable[[np.ndarray], np.ndarray] = _same
 
 
+_LINEAR = {"weight": Rule("kernel", _transpose, _transpose), "bias": Rule("bias")}
+
+#: BatchNorm: Flax's names (nnx.BatchNorm's scale, mean, var); the counter keeps torch's name.
+_BATCH_NORM = {
+    "weight": Rule("scale"),
+    "bias": Rule("bias"),
+    "running_mean": Rule("mean"),
+    "running_var": Rule("var"),
+    "num_batches_tracked": Rule("num_batches_tracked"),
+}
+
+#: nn.LSTM keeps every layer's weights on the module itself: weight_ih_l0, weight_hh_l0, ...
+#: (listed here for up to this many layers; bidirectional "_reverse" variables are not supported).
+_LSTM_LAYERS = 8
+_LSTM = {
+    f"{kind}_{gate}_l{layer}": (Rule(f"kernel_{gate}_l{layer}", _transpose, _transpose) if kind == "weight"
+                                else Rule(f"bias_{gate}_l{layer}"))
+    for layer in range(_LSTM_LAYERS) for gate in ("ih", "hh") for kind in ("weight", "bias")
+}
+
 #: torch module class name -> {torch variable name: Rule}. Unlisted variables keep their name
-#: and layout.
+#: and layout. A rule's jax_name may name a variable of a sub-module ("in_proj/kernel").
 LAYOUT_RULES: dict[str, dict[str, Rule]] = {
-    "Linear": {"weight": Rule("kernel", _transpose, _transpose), "bias": Rule("bias")},
+    "Linear": _LINEAR,
+    # nn.MultiheadAttention's out_proj is this Linear subclass
+    "NonDynamicallyQuantizableLinear": _LINEAR,
+    "Conv2d": {"weight": Rule("kernel", _oihw_to_hwio, _hwio_to_oihw), "bias": Rule("bias")},
+    "BatchNorm1d": _BATCH_NORM,
+    "BatchNorm2d": _BATCH_NORM,
+    "LayerNorm": {"weight": Rule("scale"), "bias": Rule("bias")},
+    "Embedding": {"weight": Rule("embedding")},
+    # packed, as torch stores it: q, k, v stacked along the output axis of one (E, 3E) kernel
+    "MultiheadAttention": {
+        "in_proj_weight": Rule("in_proj/kernel", _transpose, _transpose),
+        "in_proj_bias": Rule("in_proj/bias"),
+    },
+    "LSTM": _LSTM,
 }

@@ -233,7 +233,7 @@ def build_with_layout(layout: Layout | None, **torch_kwargs: Any) -> optax.Gradi
     lr, beta2_decay, eps, d, weight_decay, _, maximize = arguments.arguments.values()  # foreach: torch's kernel choice
     if not callable(lr):
         if not _is_number(lr):
-            raise ValueError(f"Learning rate should be a number but is: {lr!r}")
+            raise TypeError(f"Learning rate should be a number but is: {lr!r}")
         if not 0.0 <= lr:
             raise ValueError(f"Learning rate should be >= 0 but is: {lr}")
     if not 0.0 >= beta2_decay:

@@ -13,12 +13,22 @@ and torch's stopping rules, in torch's order of operations.
     >>> params = optax.apply_updates(params, updates)   # torch's parameters after step()
 
 The whole update is traceable (``jax.lax.while_loop`` for the iterations, the two-loop
-recursion and the line search), so it runs under ``jax.jit``; ``value_fn`` is traced once.
+recursion and the line search), for both line searches; ``value_fn`` is traced once inside the
+loops. Call it under ``jax.jit``: an eager call traces and compiles the loops every time.
 
 The flat vector is every leaf of ``params`` raveled (C order) and concatenated in
-``jax.tree.leaves`` order (:func:`ravel` / :func:`unravel`); torch concatenates its parameters in
-``param_groups`` order. The two agree when ``params`` is a list in torch's order; otherwise pass
-a permutation to :func:`state_to_torch` / :func:`state_from_torch`.
+``jax.tree.leaves`` order (:func:`ravel` / :func:`unravel`), in the leaves' common dtype; torch
+concatenates its parameters in ``param_groups`` order. The two agree when ``params`` is a list
+in torch's order; otherwise pass a permutation to :func:`state_to_torch` /
+:func:`state_from_torch`. :func:`state_to_torch` / :func:`state_from_torch` convert the state to
+and from the dict torch keeps in ``optimizer.state[first parameter]`` (numpy, no torch import).
+
+Where results can differ from torch's: dot products and sums are reduced in XLA's order, not
+torch's BLAS order, and XLA fuses ``a * b + c`` into one rounding in some scalar line-search
+formulas that Python rounds twice: one ulp, which L-BFGS amplifies on ill-conditioned problems
+as it amplifies any perturbation (torch started 1e-15 away drifts as far). The returned updates
+are ``new - old`` parameters, re-added by ``optax.apply_updates``: in float32 that may differ from
+torch's in-place result by one ulp.
 """
 
 from __future__ import annotations
@@ -35,7 +45,7 @@ from jax import lax
 
 from jax_impl.optim._base import PyTree, check_lr, widest_float
 
-__all__ = ["LBFGS", "LBFGSState", "lbfgs", "ravel", "unravel", "state_from_torch", "state_to_torch"]
+__all__ = ["LBFGS", "LBFGSState", "lbfgs", "ravel", "state_from_torch", "state_to_torch", "unravel"]
 
 # torch's _strong_wolfe is always called with its own defaults for these (LBFGS passes only
 # max_ls): note its tolerance_change is 1e-9 whatever the optimizer's tolerance_change is.
@@ -353,7 +363,7 @@ def _two_loop(g, old_dirs, old_stps, ro, num_old, H_diag, al):
     return lax.fori_loop(0, num_old, oldest_first, r), al
 
 
-def _direction(g, st: "LBFGSState"):
+def _direction(g, st: LBFGSState):
     """torch's L-BFGS update of the history (keep (y, s) when y.s > 1e-10, dropping the oldest
     pair when full) and the two-loop direction. Returns d and the new history fields."""
     history_size = st.ro.shape[0]
@@ -531,12 +541,12 @@ def lbfgs(
 
 def _check_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"Invalid {name} value: {value!r} (expected an int)")
+        raise ValueError(f"Invalid {name} value: {value!r} (expected an int)")  # noqa: TRY004 (as check_lr)
 
 
 def _check_number(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"Invalid {name} value: {value!r} (expected a number)")
+        raise ValueError(f"Invalid {name} value: {value!r} (expected a number)")  # noqa: TRY004
 
 
 def LBFGS(
@@ -590,22 +600,21 @@ def LBFGS(
 # torch state <-> LBFGSState (numpy only)
 
 
-def _find_state(tree: Any) -> LBFGSState:
+def _search_state(tree: Any) -> LBFGSState | None:
     if isinstance(tree, LBFGSState):
         return tree
-    if isinstance(tree, tuple):
+    if isinstance(tree, tuple):  # optax states (inject_hyperparams, chain) are tuples
         for child in tree:
-            found = _find_state_or_none(child)
-            if found is not None:
+            if (found := _search_state(child)) is not None:
                 return found
-    raise ValueError("no LBFGSState in this optimizer state")
+    return None
 
 
-def _find_state_or_none(tree: Any) -> LBFGSState | None:
-    try:
-        return _find_state(tree)
-    except ValueError:
-        return None
+def _find_state(tree: Any) -> LBFGSState:
+    found = _search_state(tree)
+    if found is None:
+        raise ValueError("no LBFGSState in this optimizer state")
+    return found
 
 
 def _replace_state(tree: Any, new: LBFGSState) -> Any:
@@ -638,7 +647,7 @@ def state_to_torch(
     if n_iter == 0:
         return result
     held = int(st.num_old)
-    flat = lambda v: np.array(convert(np.asarray(v)))  # noqa: E731
+    flat = lambda v: np.array(convert(np.asarray(v)))
     ro = np.asarray(st.ro)
     result.update(
         d=flat(st.d),

@@ -22,7 +22,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jax_impl.optim._base import PyTree, one_minus_power, scalar, static_betas, widest_float
+from jax_impl.optim._base import (
+    PyTree,
+    one_minus_power,
+    scalar,
+    static_betas,
+    widest_float,
+)
 
 
 class SparseAdamState(NamedTuple):
@@ -96,7 +102,10 @@ def sparse_adam(
         # torch: change = (new - old) * (1 - beta) on the present rows, then old += change
         m_change = jax.tree.map(lambda g, m: (g - m) * scalar(1 - b1, g), grads, state.exp_avg)
         v_change = jax.tree.map(lambda g, v: (g * g - v) * scalar(1 - b2, g), grads, state.exp_avg_sq)
-        keep_or_add = lambda row, old, change: jnp.where(row, old + change, old)  # noqa: E731
+
+        def keep_or_add(row, old, change):
+            return jnp.where(row, old + change, old)
+
         exp_avg = jax.tree.map(keep_or_add, present, state.exp_avg, m_change)
         exp_avg_sq = jax.tree.map(keep_or_add, present, state.exp_avg_sq, v_change)
 
@@ -122,7 +131,7 @@ def SparseAdam(
     defaults, validated as torch validates them (``lr`` and ``eps`` must be positive)."""
     if not callable(lr):
         if isinstance(lr, bool) or not isinstance(lr, (int, float)):
-            raise ValueError(f"Invalid learning rate: {lr!r} (expected a number)")
+            raise TypeError(f"Invalid learning rate: {lr!r} (expected a number)")
         if not 0.0 < lr:
             raise ValueError(f"Invalid learning rate: {lr}")
     if not 0.0 < eps:
