@@ -7,14 +7,21 @@ makes every test see the same JAX configuration whichever tests a worker happens
 Compiled XLA programs are kept in pytest's cache directory, one folder per xdist worker (JAX
 writes cache files without a lock, so two processes must not share one): most parity runs
 compile the same few step functions, and a rerun of the suite compiles almost nothing.
+
+Hypothesis draws the same examples on every run (``derandomize``), so the suite is repeatable;
+a failure message still shows the drawn values, and ``--hypothesis-seed`` explores others.
 """
 
 import os
 
 import jax
 import pytest
+from hypothesis import settings
 
 import parity  # noqa: F401
+
+settings.register_profile("repeatable", derandomize=True)
+settings.load_profile("repeatable")
 
 
 def pytest_configure(config: pytest.Config) -> None:

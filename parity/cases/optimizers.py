@@ -83,17 +83,13 @@ CLASSIC = (
     _case("maximize", "ASGD(maximize=True)"),
 )
 
-SPECIAL = (
-    _case("default", "Adafactor()"),
-    _case("weight_decay", "Adafactor(lr=3e-3, weight_decay=0.01)"),
-    _case("options", "Adafactor(lr=3e-3, beta2_decay=-0.5, eps=(1e-30, 1e-2), d=0.5)"),
-    _case("maximize", "Adafactor(maximize=True)"),
-    # torch's Muon takes only 2-D parameters: a SimpleNN without biases
-    _case("default", "Muon(lr=0.02)", model="SimpleNN(hidden_size=32, bias=False)"),
-    _case("options", "Muon(lr=0.02, weight_decay=0.01, momentum=0.9, nesterov=False, ns_steps=3, "
-                     "adjust_lr_fn='match_rms_adamw')", model="SimpleNN(hidden_size=32, bias=False)"),
-    _case("adjust_lr_fn=original", "Muon(lr=0.02, adjust_lr_fn='original')",
-          model="SimpleNN(hidden_size=32, bias=False)"),
-)
+#: optimizers checked against torch at the unit level only (tests/parity/test_optim_*.py), each
+#: with why the harness cannot run it on a registered model yet
+UNIT_TESTED_ONLY = {
+    "Adafactor": "factors torch's last two axes: the harness must pass the kernel layout (build_with_layout)",
+    "Muon": "needs the kernel layout too, and a tolerance for torch's bfloat16 Newton-Schulz",
+    "SparseAdam": "needs a model whose gradients torch makes sparse (nn.Embedding(sparse=True))",
+    "LBFGS": "needs the harness's JAX step to pass the loss closure (value_fn)",
+}
 
-CASES = SGD + ADAM + CLASSIC + SPECIAL
+CASES = SGD + ADAM + CLASSIC

