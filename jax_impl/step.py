@@ -24,7 +24,7 @@ from jax_impl.optim import param_group_states
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 Batch = tuple[jax.Array, jax.Array]
 
-__all__ = ["TrainState", "init_train_state", "make_train_step", "make_update_step", "make_eval_step"]
+__all__ = ["TrainState", "init_train_state", "make_objective", "make_train_step", "make_update_step", "make_eval_step"]
 
 
 class TrainState(NamedTuple):
@@ -49,6 +49,7 @@ def make_train_step(
     tx: optax.GradientTransformation,
     *,
     with_grads: bool = False,
+    closure: bool = False,
     jit: bool = True,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Any]]]:
     """A pure ``train_step(state, (inputs, targets)) -> (state, metrics)``.
@@ -58,21 +59,20 @@ def make_train_step(
     ``lr`` (the learning rate this update used, parameter group 0's, when the optimizer
     injects one); with
     ``with_grads`` also ``grads``, the gradients the optimizer received.
+
+    ``closure=True`` is for an optimizer that evaluates the loss again within its step, as
+    torch's ``optimizer.step(closure)`` (:func:`jax_impl.optim.needs_closure`: LBFGS): the
+    update also gets ``value=loss`` and ``value_fn``, the loss and gradients on this batch at
+    other parameters. ``loss`` and ``grads`` in ``metrics`` are those of the first evaluation,
+    as torch's closure returns them first.
     """
+    objective = make_objective(graphdef, loss_fn)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Any]]:
-        inputs, targets = batch
-
-        def objective(params: nnx.State):
-            # copy=True: fresh Variables at this trace level, so BatchNorm may update its stats
-            model = nnx.merge(graphdef, params, state.rest, copy=True)
-            model.train()
-            logits = model(inputs)
-            _, _, rest = nnx.split(model, nnx.Param, ...)
-            return loss_fn(logits, targets), (logits, rest)
-
-        (loss, (logits, rest)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        _, targets = batch
+        (loss, (logits, rest)), grads = jax.value_and_grad(objective, has_aux=True)(state.params, state.rest, batch)
+        extra = _closure_args(objective, state.rest, batch, loss) if closure else {}
+        updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
         params = optax.apply_updates(state.params, updates)
         metrics: dict[str, Any] = {"loss": loss, "correct": _correct(logits, targets)}
         lr = _lr(opt_state)
@@ -85,6 +85,33 @@ def make_train_step(
     return jax.jit(train_step) if jit else train_step
 
 
+def make_objective(graphdef: nnx.GraphDef, loss_fn: LossFn) -> Callable[..., Any]:
+    """``objective(params, rest, batch) -> (loss, (logits, rest))``: the model in train mode on
+    ``batch``; ``rest`` comes back with the updates the forward pass made (BatchNorm's
+    statistics). Differentiate it with ``jax.value_and_grad(objective, has_aux=True)``."""
+
+    def objective(params: nnx.State, rest: nnx.State, batch: Batch):
+        inputs, targets = batch
+        # copy=True: fresh Variables at this trace level, so BatchNorm may update its stats
+        model = nnx.merge(graphdef, params, rest, copy=True)
+        model.train()
+        logits = model(inputs)
+        _, _, rest = nnx.split(model, nnx.Param, ...)
+        return loss_fn(logits, targets), (logits, rest)
+
+    return objective
+
+
+def _closure_args(objective: Callable[..., Any], rest: nnx.State, batch: Batch, loss: jax.Array) -> dict[str, Any]:
+    """The extra ``update`` arguments of an optimizer that re-evaluates the loss (LBFGS)."""
+
+    def value_fn(params: nnx.State) -> tuple[jax.Array, nnx.State]:
+        (value, _), grads = jax.value_and_grad(objective, has_aux=True)(params, rest, batch)
+        return value, grads
+
+    return {"value": loss, "value_fn": value_fn}
+
+
 def _lr(opt_state: optax.OptState) -> Any:
     """The learning rate of the update just made (parameter group 0's), or None if not injected."""
     hyperparams = getattr(param_group_states(opt_state)[0], "hyperparams", None) or {}
@@ -92,13 +119,26 @@ def _lr(opt_state: optax.OptState) -> Any:
 
 
 def make_update_step(
-    tx: optax.GradientTransformation, *, jit: bool = True
-) -> Callable[[nnx.State, optax.OptState, nnx.State], tuple[nnx.State, optax.OptState, Any]]:
+    tx: optax.GradientTransformation,
+    *,
+    objective: Callable[..., Any] | None = None,
+    jit: bool = True,
+) -> Callable[..., tuple[nnx.State, optax.OptState, Any]]:
     """``update_step(params, opt_state, grads) -> (params, opt_state, lr)``: the optimizer half
-    of a train step, on gradients from elsewhere (``lr`` is None without an injected ``lr``)."""
+    of a train step, on gradients from elsewhere (``lr`` is None without an injected ``lr``).
 
-    def update_step(params: nnx.State, opt_state: optax.OptState, grads: nnx.State):
-        updates, opt_state = tx.update(grads, opt_state, params)
+    For an optimizer that re-evaluates the loss (LBFGS), pass ``objective``
+    (:func:`make_objective`): the step is then ``update_step(params, opt_state, grads, loss,
+    rest, batch)``, ``loss`` and ``grads`` being the first evaluation's, and any further
+    evaluation computed on ``batch`` by ``objective``.
+    """
+
+    def update_step(params: nnx.State, opt_state: optax.OptState, grads: nnx.State, *closure_inputs):
+        extra = {}
+        if objective is not None:
+            loss, rest, batch = closure_inputs
+            extra = _closure_args(objective, rest, batch, loss)
+        updates, opt_state = tx.update(grads, opt_state, params, **extra)
         return optax.apply_updates(params, updates), opt_state, _lr(opt_state)
 
     return jax.jit(update_step) if jit else update_step

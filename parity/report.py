@@ -180,6 +180,8 @@ def render(report: ParityReport, console: Console, *, all_steps: bool = False) -
         console.print(f"[bold red]DIVERGENCE[/]: {what} beyond the {report.dtype} tolerances ({report.seconds:.1f} s)")
         for line in divergence_lines(report):
             console.print(line, highlight=False, markup=False)
+        if report.halted:
+            console.print(report.halted, highlight=False, markup=False)
 
 
 # ------------------------------------------------------------------------------------------
@@ -242,6 +244,7 @@ def to_json(report: ParityReport) -> dict[str, Any]:
         "mode": report.mode,
         "tolerances": {stage: _tolerance_json(report, stage) for stage in STAGES},
         "first_divergence": first,
+        "halted": report.halted,
         "steps": [_step_json(step) for step in report.steps],
         "epochs": [
             {key: (_number(value) if isinstance(value, float) else value) for key, value in vars(summary).items()}

@@ -31,7 +31,7 @@ import jax_impl.schedules
 from jax_impl.checkpoint import leaves_by_path
 from jax_impl.loop import evaluate as jax_evaluate
 from jax_impl.spec import SpecError
-from jax_impl.step import TrainState, make_eval_step, make_train_step, make_update_step
+from jax_impl.step import TrainState, make_eval_step, make_objective, make_train_step, make_update_step
 from parity import convert, data
 from parity.compare import StepComparison, Tolerance, compare_steps, compare_tensors, tolerance
 from parity.spec import DTYPES, INTERVALS, MODES, RunSpec, build_models, parse_param_group, build_torch_loss, build_torch_optimizer, build_torch_scheduler
@@ -66,10 +66,13 @@ class ParityReport:
     seconds: float
     versions: dict[str, str]
     tolerance_overrides: dict[tuple[str, str], Tolerance] = dataclasses.field(default_factory=dict)
+    #: why the run stopped before its last step: in resync mode, torch's state after a diverging
+    #: step that cannot be loaded into the JAX state (a buffer of another shape)
+    halted: str | None = None
 
     @property
     def ok(self) -> bool:
-        return all(s.ok for s in self.steps) and all(e.val_ok for e in self.epochs)
+        return self.halted is None and all(s.ok for s in self.steps) and all(e.val_ok for e in self.epochs)
 
     @property
     def first_divergence(self) -> tuple[StepComparison, str, Any] | None:
@@ -186,7 +189,8 @@ def check_port(
     rest = converter.to_jax(_torch_buffers(torch_model), rest, what="buffers")
     jax_loss = jax_impl.losses.from_torch(loss) if isinstance(loss, str) else loss[1]
     groups = ParamGroups.assign(list(names.values()), param_groups or ())
-    jax_impl.optim.from_torch(optimizer, param_groups=groups.jax_groups(converter))  # checks every value
+    layout = convert.torch_layout(converter)  # Adafactor and Muon act on torch's axes
+    jax_impl.optim.from_torch(optimizer, param_groups=groups.jax_groups(converter), layout=layout)  # checks values
     scheduler_arguments = dict(scheduler_arguments or {})
     plateaus = None
     schedules = [None] * groups.count
@@ -200,7 +204,9 @@ def check_port(
                 raise SpecError(f"scheduler {scheduler}: ReduceLROnPlateau steps on the validation loss; "
                                 "pass val_batches")
             plateaus, schedules = schedules, [None] * groups.count
-    tx = jax_impl.optim.from_torch(optimizer, lr=schedules[0], param_groups=groups.jax_groups(converter, schedules))
+    tx = jax_impl.optim.from_torch(optimizer, lr=schedules[0], param_groups=groups.jax_groups(converter, schedules),
+                                   layout=layout)
+    closure = jax_impl.optim.needs_closure(optimizer)  # LBFGS: optimizer.step(closure)
 
     # torch side, exactly as a PyTorch user builds it
     torch_criterion = build_torch_loss(loss, dtype) if isinstance(loss, str) else loss[0]
@@ -208,10 +214,11 @@ def check_port(
     torch_scheduler = (build_torch_scheduler(scheduler, torch_optimizer, scheduler_arguments)
                        if scheduler else None)
     group_names = convert.torch_param_groups(torch_optimizer, names)
+    flat_order = convert.FlatOrder.build(converter, params, [n for g in group_names for n in g]) if closure else None
     plateau_states = [plateau.init() for plateau in plateaus] if plateaus else None
     state = TrainState(params, rest, tx.init(params))
-    train_step = make_train_step(graphdef, jax_loss, tx, with_grads=True)
-    update_step = make_update_step(tx)
+    train_step = make_train_step(graphdef, jax_loss, tx, with_grads=True, closure=closure)
+    update_step = make_update_step(tx, objective=make_objective(graphdef, jax_loss) if closure else None)
     eval_step = make_eval_step(graphdef, jax_loss)
 
     def to_torch(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,6 +234,7 @@ def check_port(
     comparisons: list[StepComparison] = []
     summaries: list[EpochSummary] = []
     step = 0
+    halted = None
     for epoch, batches in enumerate(epochs):
         torch_losses, jax_losses = [], []
         for batch in batches:
@@ -260,13 +268,18 @@ def check_port(
                 # (checked at the gradient stage) cannot be amplified by an update such as
                 # Adam's g / (sqrt(v) + eps) into a false difference in the parameters.
                 torch_grads = converter.to_jax(torch_trace.grads, state_before.params, what="gradients")
-                params, opt_state, jax_lr = update_step(state_before.params, state_before.opt_state, torch_grads)
+                # LBFGS: torch's first closure value too; later evaluations are the JAX model's
+                closure_inputs = ((jnp.asarray(torch_trace.loss, numpy_dtype), state_before.rest, to_jax(batch))
+                                  if closure else ())
+                params, opt_state, jax_lr = update_step(state_before.params, state_before.opt_state, torch_grads,
+                                                        *closure_inputs)
                 state = TrainState(params, state.rest, opt_state)
             jax_trace = StepTrace(
                 loss=float(metrics["loss"]),
                 lr=float(numpy_dtype(jax_lr)),  # the transforms cast lr to the params' dtype
                 grads=converter.to_torch(metrics["grads"]),
-                optimizer_state=convert.jax_optimizer_state(state.opt_state, converter, group_names),
+                optimizer_state=convert.jax_optimizer_state(state.opt_state, converter, group_names,
+                                                            flat_order=flat_order),
                 params=converter.to_torch(state.params),
                 buffers=converter.to_torch(state.rest),
                 hyperparams=_scheduled_hyperparams(_jax_param_groups(state.opt_state), numpy_dtype, torch_scheduler),
@@ -276,16 +289,27 @@ def check_port(
             torch_losses.append(torch_trace.loss)
             jax_losses.append(jax_trace.loss)
             step += 1
-            if mode == "resync":
-                state = TrainState(
-                    converter.to_jax(torch_trace.params, state.params, what="parameters"),
-                    converter.to_jax(torch_trace.buffers, state.rest, what="buffers"),
-                    convert.load_torch_optimizer_state(
-                        state.opt_state, torch_optimizer, names, converter, step, include_hyperparams=False
-                    ),
-                )
             if progress is not None:
                 progress(comparison, total_steps)
+            if mode == "resync":
+                try:
+                    state = TrainState(
+                        converter.to_jax(torch_trace.params, state.params, what="parameters"),
+                        converter.to_jax(torch_trace.buffers, state.rest, what="buffers"),
+                        convert.load_torch_optimizer_state(
+                            state.opt_state, torch_optimizer, names, converter, step, include_hyperparams=False,
+                            flat_order=flat_order,
+                        ),
+                    )
+                except convert.ConversionError as error:
+                    if comparison.ok:
+                        raise
+                    # the divergence this step found makes torch's state unloadable: report it
+                    halted = f"resync stopped after step {step - 1}: torch's state does not fit the JAX state: {error}"
+                    break
+        if halted is not None:
+            summaries.append(EpochSummary(epoch, float(np.mean(torch_losses)), float(np.mean(jax_losses))))
+            break
         if torch_scheduler is not None and scheduler_interval == "epoch" and plateaus is None:
             torch_scheduler.step()
         summary = EpochSummary(epoch, float(np.mean(torch_losses)), float(np.mean(jax_losses)))
@@ -308,7 +332,7 @@ def check_port(
     config = defaults | dict(config or {}) | {"optimizer": optimizer, "scheduler": scheduler,
                                    "scheduler_interval": scheduler_interval, "mode": mode, "dtype": dtype}
     return ParityReport(config, dtype, mode, comparisons, summaries, time.perf_counter() - started, versions(),
-                        dict(tolerances or {}))
+                        dict(tolerances or {}), halted)
 
 
 @dataclasses.dataclass(frozen=True)

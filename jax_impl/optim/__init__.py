@@ -30,8 +30,10 @@ from jax_impl.optim._base import (
     set_update_count,
     torch_state_fields,
 )
+from jax_impl.optim import adafactor as _adafactor
+from jax_impl.optim import muon as _muon
 from jax_impl.optim.adadelta import Adadelta
-from jax_impl.optim.adafactor import Adafactor
+from jax_impl.optim.adafactor import Adafactor, Layout
 from jax_impl.optim.adagrad import Adagrad
 from jax_impl.optim.adam import Adam, AdamState, AdamW, adam
 from jax_impl.optim.adamax import Adamax
@@ -47,7 +49,7 @@ from jax_impl.optim.sparse_adam import SparseAdam
 from jax_impl.spec import CallSpec, SpecError, bind_call, build_from_registry
 
 __all__ = [
-    "from_torch", "torch_arguments", "OPTIMIZERS",
+    "from_torch", "torch_arguments", "needs_closure", "OPTIMIZERS", "CLOSURE_OPTIMIZERS", "LAYOUT_BUILDERS", "Layout",
     "sgd", "SGD", "SGDState", "adam", "Adam", "AdamW", "AdamState",
     "torch_state_fields", "replace_torch_state_fields", "set_update_count",
     "param_group_states", "replace_param_group_states", "set_hyperparam", "TUPLE_HYPERPARAMS",
@@ -72,6 +74,18 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
     "LBFGS": LBFGS,
 }
 
+#: Optimizers whose ``step`` takes a closure (the loss, evaluated again at other parameters):
+#: their ``update`` needs ``value`` and ``value_fn`` (see :func:`jax_impl.step.make_train_step`).
+CLOSURE_OPTIMIZERS = frozenset({"LBFGS"})
+
+#: Optimizers whose arithmetic depends on the parameters' axes (torch's layout), with the
+#: builder taking ``layout`` first: Adafactor factors the last two axes, Muon orthogonalises
+#: an (out, in) matrix and scales its step by the shape. Flax kernels are torch's weights
+#: transposed, so a port passes ``layout`` to :func:`from_torch`.
+LAYOUT_BUILDERS: dict[str, Callable[..., optax.GradientTransformation]] = {
+    "Adafactor": _adafactor.build_with_layout,
+    "Muon": _muon.build_with_layout,
+}
 
 #: torch's param-group key holding the momentum a cycling scheduler (OneCycleLR, CyclicLR) writes,
 #: by the name of the builder argument: SGD, RMSprop and Muon have ``momentum``; the Adam
@@ -87,6 +101,7 @@ def from_torch(
     *,
     lr: Any = None,
     param_groups: Sequence[ParamGroup] | None = None,
+    layout: Layout | None = None,
 ) -> optax.GradientTransformation:
     """Build the optax transformation matching a torch.optim spec such as ``"Adam(lr=3e-4)"``.
 
@@ -104,12 +119,22 @@ def from_torch(
         bool``. A parameter belongs to the first group that selects it; the parameters no group
         selects form group 0, with the spec's own options, so group ``i + 1`` is
         ``param_groups[i]``. An ``"lr"`` override may be a schedule too.
+      layout: for the optimizers in :data:`LAYOUT_BUILDERS` (Adafactor, Muon), whose update
+        depends on which axis is which: ``layout(path, param)`` returns the axis permutation
+        taking ``param`` to torch's layout of it (a Flax ``Linear`` kernel ``(in, out)``:
+        ``(1, 0)``; a ``Conv`` kernel ``(kh, kw, in, out)``: ``(3, 2, 0, 1)``), or None where
+        the layouts agree. Without it, parameters are taken to be in torch's layout. Ignored
+        by the other optimizers, which act elementwise.
 
     Raises :class:`~jax_impl.spec.SpecError` (a ``ValueError``) naming the unknown optimizer,
     the unknown argument, or the invalid value.
     """
     builder, call = build_from_registry(spec, OPTIMIZERS, kind="optimizer")
     kwargs = bind_call(call, builder, kind="optimizer", skip=("params",))
+    if param_groups and call.name == "LBFGS":
+        raise SpecError("LBFGS doesn't support per-parameter options (parameter groups)")  # torch's words
+    if layout is not None and call.name in LAYOUT_BUILDERS:
+        builder = _with_layout(builder, LAYOUT_BUILDERS[call.name], layout)
     if not param_groups:
         return _build(builder, call, kwargs, lr)
     transforms = {0: _build(builder, call, kwargs, lr)}
@@ -121,6 +146,22 @@ def from_torch(
                   skip=("params",))
         transforms[index] = _build(builder, call, {**kwargs, **overrides}, overrides.get("lr", lr))
     return optax.partition(transforms, functools.partial(_group_labels, param_groups))
+
+
+def _with_layout(builder: Callable[..., Any], build_with_layout: Callable[..., Any], layout: Layout) -> Callable[..., Any]:
+    """``builder`` (torch's signature, kept for binding) building for parameters in ``layout``."""
+
+    @functools.wraps(builder)
+    def build(**kwargs: Any) -> optax.GradientTransformation:
+        return build_with_layout(layout, **kwargs)
+
+    return build
+
+
+def needs_closure(spec: str | CallSpec) -> bool:
+    """Whether the spec's optimizer re-evaluates the loss within a step (:data:`CLOSURE_OPTIMIZERS`)."""
+    _, call = build_from_registry(spec, OPTIMIZERS, kind="optimizer")
+    return call.name in CLOSURE_OPTIMIZERS
 
 
 def _build(builder: Callable[..., optax.GradientTransformation], call: CallSpec, kwargs: dict[str, Any],

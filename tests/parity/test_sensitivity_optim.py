@@ -43,9 +43,9 @@ def _groups_without_overrides(monkeypatch) -> None:
     original = jax_impl.optim.from_torch
 
     @functools.wraps(original)
-    def from_torch(spec, *, lr=None, param_groups=None):
+    def from_torch(spec, *, lr=None, param_groups=None, **kwargs):
         stripped = [{"params": group["params"]} for group in param_groups or ()]
-        return original(spec, lr=lr, param_groups=stripped or None)
+        return original(spec, lr=lr, param_groups=stripped or None, **kwargs)
 
     monkeypatch.setattr(jax_impl.optim, "from_torch", from_torch)
 
@@ -86,6 +86,24 @@ def _plateau_patience_plus_one(monkeypatch) -> None:
     monkeypatch.setitem(jax_impl.schedules.SCHEDULERS, "ReduceLROnPlateau", builder)
 
 
+def _lbfgs_one_iteration_short(monkeypatch) -> None:
+    """L-BFGS stopping one iteration early (``max_iter - 1``), as a port that counts its first
+    evaluation as an iteration would."""
+    original = jax_impl.optim.OPTIMIZERS["LBFGS"]
+
+    @functools.wraps(original)
+    def builder(**kwargs):
+        return original(**{**kwargs, "max_iter": kwargs.get("max_iter", 20) - 1})
+
+    monkeypatch.setitem(jax_impl.optim.OPTIMIZERS, "LBFGS", builder)
+
+
+def _kernel_layout_ignored(monkeypatch) -> None:
+    """Adafactor or Muon applied to Flax kernels as they are, (in, out), where torch's weight is
+    (out, in): the port does not tell the optimizer which axis is which."""
+    monkeypatch.setattr(parity.convert, "torch_layout", lambda converter: (lambda path, leaf: None))
+
+
 @dataclasses.dataclass(frozen=True)
 class Plant:
     name: str
@@ -117,6 +135,19 @@ PLANTS = [
           Case("plant", "scheduler", dataclasses.replace(
               BASE, epochs=4, steps_per_epoch=1, scheduler="ReduceLROnPlateau(patience=0, threshold=0.5, factor=0.5)")),
           _plateau_patience_plus_one, (2, "lr", "lr")),
+    # With the fixed step, torch's 5 iterations evaluate the closure 5 times (none after the
+    # last); the port's 4 evaluate it 4 times. The counters come first in L-BFGS's state.
+    Plant("LBFGS one iteration short", _case(optimizer="LBFGS(lr=0.5, max_iter=5, history_size=4)"),
+          _lbfgs_one_iteration_short, (0, "optimizer_state", "fc1.weight:func_evals")),
+    # Adafactor factors the last two axes: the port's row statistics run over fc1's 64 inputs
+    # where torch's run over its 32 outputs; the first factored state differs at step 0.
+    Plant("Adafactor on Flax's kernel axes", _case(optimizer="Adafactor(lr=0.01)"),
+          _kernel_layout_ignored, (0, "optimizer_state", "fc1.weight:row_var")),
+    # Muon scales the step by sqrt(max(1, rows / cols)): 1 for torch's (32, 64) fc1.weight,
+    # sqrt(2) for the (64, 32) kernel; the momentum buffers agree, the parameters do not.
+    Plant("Muon's shape factor from Flax's kernel axes",
+          _case(optimizer="Muon(lr=0.02)", model="SimpleNN(hidden_size=32, bias=False)"),
+          _kernel_layout_ignored, (0, "parameters", "fc1.weight")),
 ]
 
 
