@@ -8,6 +8,7 @@ passes for layers of their own) while it walks the torch module.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -40,10 +41,28 @@ class Rule:
     to_jax: Callable[[np.ndarray], np.ndarray] = _same
     to_torch: Callable[[np.ndarray], np.ndarray] = _same
 
+    def torch_shape(self, jax_shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        """The torch shape that corresponds to a JAX variable of ``jax_shape`` (for error
+        messages: "the shape in current model is ..."), found by applying ``to_torch`` to a
+        placeholder; ``None`` when the rule does not apply to that shape, or the placeholder
+        would be too large to make (one byte per element)."""
+        if math.prod(jax_shape) > _PLACEHOLDER_LIMIT:
+            return None
+        try:
+            return tuple(np.shape(self.to_torch(np.empty(jax_shape, np.bool_))))
+        except (ValueError, IndexError, TypeError):
+            return None
+
+
+#: the largest placeholder :meth:`Rule.torch_shape` makes, in elements (bytes)
+_PLACEHOLDER_LIMIT = 1 << 26
+
 
 _LINEAR = {"weight": Rule("kernel", _transpose, _transpose), "bias": Rule("bias")}
 
 #: BatchNorm: Flax's names (nnx.BatchNorm's scale, mean, var); the counter keeps torch's name.
+#: ``num_batches_tracked`` is torch's int64; JAX holds it as its default integer (int64 with
+#: ``jax_enable_x64``, else int32): the Converter casts both ways and refuses a count too large.
 _BATCH_NORM = {
     "weight": Rule("scale"),
     "bias": Rule("bias"),

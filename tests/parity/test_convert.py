@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -11,11 +12,12 @@ import pytest
 import torch
 from flax import nnx
 
+import jax_impl.layers
 import jax_impl.models
 import jax_impl.optim
 import torch_ref.models
 from jax_impl.checkpoint import flatten
-from parity.convert import (ConversionError, Converter, jax_optimizer_state, load_torch_optimizer_state,
+from parity.convert import (LAYOUT_RULES, ConversionError, Converter, jax_optimizer_state, load_torch_optimizer_state,
                             to_numpy, torch_optimizer_state)
 from parity.spec import build_torch_optimizer
 
@@ -73,62 +75,224 @@ def test_values_take_the_jax_models_dtype():
     assert {value.dtype for value in flatten(converted).values()} == {np.dtype(np.float32)}
 
 
+# ------------------------------------------------------------------------------------------
+# Conversion errors: every offending key in one error, worded and ordered as torch's
+# load_state_dict(strict=True) words them, in both directions
+
+
 def _conversion_error(arrays, params, converter) -> str:
     with pytest.raises(ConversionError) as raised:
         converter.to_jax(arrays, params, what="parameters")
     return str(raised.value)
 
 
+def _torch_error(model: torch.nn.Module, arrays: dict[str, np.ndarray]) -> str:
+    """torch's own message for loading ``arrays`` into ``model`` strictly."""
+    with pytest.raises(RuntimeError) as raised:
+        model.load_state_dict({name: torch.as_tensor(np.array(value)) for name, value in arrays.items()})
+    return str(raised.value)
+
+
+def _torch_size(match: re.Match) -> str:
+    return f"torch.Size([{match.group(1).rstrip(',')}])"
+
+
+def _as_torch_prints_it(message: str) -> list[str]:
+    """Our message's lines, less the header and the JAX detail, shapes printed as torch prints them."""
+    lines = message.split("\n\t")[1:]
+    lines = [re.sub(r" \(the JAX (?:model|state)'s \S+ is \([\d, ]*\)\)\.$", ".", line) for line in lines]
+    return [re.sub(r"\(([\d, ]*)\)", _torch_size, line) for line in lines]
+
+
+def _break(arrays: dict[str, np.ndarray], problems: str) -> dict[str, np.ndarray]:
+    arrays = dict(arrays)
+    if "missing" in problems:
+        arrays.pop("fc2.bias")
+    if "unexpected" in problems:
+        arrays["fc3.weight"] = np.zeros((2, 2))
+        arrays["extra"] = np.zeros(3)
+    return arrays
+
+
+#: problems -> (torch hidden size, JAX hidden size)
+PROBLEMS = {"missing": (32, 32), "unexpected": (32, 32), "size": (32, 16), "missing+unexpected+size": (32, 16)}
+
+
+@pytest.mark.parametrize("problems", list(PROBLEMS))
+def test_to_jax_errors_are_torchs_load_state_dict_errors(problems: str):
+    """The lines of the error are torch's own for the same state_dict loaded into a torch model
+    of the JAX model's shape (shapes in torch's layout), each size mismatch with the JAX shape added."""
+    hidden, jax_hidden = PROBLEMS[problems]
+    torch_model, _, params = _pair(hidden, jax_hidden)
+    arrays = _break(_state_dict(torch_model), problems)
+    message = _conversion_error(arrays, params, Converter.from_torch_module(torch_model))
+    assert message.startswith("Error(s) in loading parameters into the JAX model:\n\t"), message
+    torch.manual_seed(0)
+    like_jax = torch_ref.models.SimpleNN(64, jax_hidden, 10).double()  # a torch model shaped as the JAX one
+    torch_lines = _torch_error(like_jax, arrays).split("\n\t")[1:]
+    assert _as_torch_prints_it(message) == torch_lines, (message, torch_lines)
+
+
+def test_the_whole_message():
+    torch_model, _, params = _pair(hidden=32, jax_hidden=16)
+    arrays = _break(_state_dict(torch_model), "missing+unexpected")
+    assert _conversion_error(arrays, params, Converter.from_torch_module(torch_model)) == (
+        'Error(s) in loading parameters into the JAX model:\n'
+        '\tMissing key(s) in state_dict: "fc2.bias". \n'
+        '\tUnexpected key(s) in state_dict: "fc3.weight", "extra". \n'
+        '\tsize mismatch for fc1.weight: copying a param with shape (32, 64) from checkpoint, '
+        "the shape in current model is (16, 64) (the JAX model's fc1/kernel is (64, 16)).\n"
+        '\tsize mismatch for fc1.bias: copying a param with shape (32,) from checkpoint, '
+        "the shape in current model is (16,) (the JAX model's fc1/bias is (16,)).\n"
+        '\tsize mismatch for fc2.weight: copying a param with shape (10, 32) from checkpoint, '
+        "the shape in current model is (10, 16) (the JAX model's fc2/kernel is (16, 10)).")
+
+
 def test_a_misspelled_name_is_reported_as_unexpected_and_its_target_as_missing():
     torch_model, _, params = _pair()
     arrays = _state_dict(torch_model)
     arrays["fc1.wieght"] = arrays.pop("fc1.weight")
-    message = _conversion_error(arrays, params, Converter.from_torch_module(torch_model))
-    assert "fc1.wieght" in message.split("unexpected")[1]
-    assert "fc1.weight" in message.split("missing")[1].split("|")[0]
+    lines = _conversion_error(arrays, params, Converter.from_torch_module(torch_model)).split("\n\t")[1:]
+    assert lines == ['Missing key(s) in state_dict: "fc1.weight". ', 'Unexpected key(s) in state_dict: "fc1.wieght". ']
 
 
-def test_an_unexpected_key_is_named():
+def test_a_variable_only_the_jax_model_has_is_missing_under_its_path():
     torch_model, _, params = _pair()
-    arrays = _state_dict(torch_model) | {"fc3.weight": np.zeros((2, 2))}
-    message = _conversion_error(arrays, params, Converter.from_torch_module(torch_model))
-    assert "fc3.weight" in message and "unexpected" in message
-    assert "missing" not in message
+    template = {"fc1": {"kernel": params["fc1"]["kernel"], "bias": params["fc1"]["bias"]},
+                "fc2": {"kernel": params["fc2"]["kernel"], "bias": params["fc2"]["bias"], "scale": np.ones(10)}}
+    message = _conversion_error(_state_dict(torch_model), template, Converter.from_torch_module(torch_model))
+    assert message.split("\n\t")[1:] == ['Missing key(s) in state_dict: "fc2/scale". ']
 
 
-def _segment(message: str, name: str) -> str:
-    """The part of the message about ``name``, up to the next key's."""
-    return re.search(rf"{re.escape(name)}:[^;|]*", message).group(0)
-
-
-def test_a_shape_mismatch_names_every_offending_key_with_both_shapes():
-    torch_model, _, params = _pair(hidden=32, jax_hidden=16)
-    message = _conversion_error(_state_dict(torch_model), params, Converter.from_torch_module(torch_model))
-    # torch shape, and the JAX model's shape (kernels are (in, out))
-    expected = {"fc1.weight": ((32, 64), (64, 16)), "fc1.bias": ((32,), (16,)), "fc2.weight": ((10, 32), (16, 10))}
-    for name, (torch_shape, jax_shape) in expected.items():
-        segment = _segment(message, name)
-        assert str(torch_shape) in segment and str(jax_shape) in segment, segment
-    assert "fc2.bias" not in message  # (10,) on both sides
-    assert "missing" not in message  # a mis-shaped key is not also reported missing
-
-
-def test_every_kind_of_problem_is_reported_at_once():
-    torch_model, _, params = _pair(hidden=32, jax_hidden=16)
-    arrays = _state_dict(torch_model)
-    arrays.pop("fc2.bias")
-    arrays["extra"] = np.zeros(3)
-    message = _conversion_error(arrays, params, Converter.from_torch_module(torch_model))
-    for name in ("fc2.bias", "extra", "fc1.weight", "fc1.bias", "fc2.weight"):
-        assert name in message, name
+def test_a_weight_of_the_wrong_rank_is_a_size_mismatch():
+    """A 2-D array for a Conv2d weight: the (out, in, kh, kw) -> (kh, kw, in, out) layout does
+    not apply, and the error says so rather than failing inside numpy."""
+    converter = Converter.from_torch_module(torch.nn.Conv2d(4, 8, 3))
+    template = {"kernel": np.zeros((3, 3, 4, 8)), "bias": np.zeros(8)}
+    message = _conversion_error({"weight": np.zeros((8, 36)), "bias": np.zeros(8)}, template, converter)
+    assert message.split("\n\t")[1:] == [
+        "size mismatch for weight: copying a param with shape (8, 36) from checkpoint, the shape in current model "
+        "is (8, 4, 3, 3) (the JAX model's kernel is (3, 3, 4, 8))."]
 
 
 def test_to_torch_rejects_a_jax_variable_with_no_torch_counterpart():
     torch_model, _, params = _pair()
     converter = Converter.from_torch_module(torch_model)
-    tree = {"fc1": {"kernel": np.zeros((64, 32))}, "fc9": {"kernel": np.zeros((2, 2))}}
-    with pytest.raises(ConversionError, match="fc9/kernel"):
+    tree = {"fc1": {"kernel": np.zeros((64, 32))}, "fc9": {"kernel": np.zeros((2, 2))}, "fc8": {"bias": np.zeros(1)}}
+    with pytest.raises(ConversionError) as raised:
         converter.to_torch(tree)
+    assert str(raised.value).endswith('no torch variable corresponds): "fc8/bias", "fc9/kernel". ')
+
+
+# ------------------------------------------------------------------------------------------
+# JAX -> torch: Converter.load_into_torch, strict as load_state_dict
+
+
+def _jax_state(jax_model: nnx.Module) -> dict[str, np.ndarray]:
+    """The JAX model's variables as a flat tree ({"fc1/kernel": ...}), easy to break."""
+    return flatten(nnx.state(jax_model, nnx.Param))
+
+
+def test_load_into_torch_copies_every_variable_in_torchs_layout_and_dtype():
+    torch_model, jax_model, params = _pair(dtype=torch.float64, jax_dtype=jnp.float32)
+    converter = Converter.from_torch_module(torch_model)
+    assert converter.load_into_torch(torch_model, jax_model) == ([], [])
+    for name, value in torch_model.state_dict().items():
+        assert value.dtype == torch.float64, name  # cast to the torch model's dtype, as load_state_dict does
+    np.testing.assert_array_equal(torch_model.fc1.weight.detach().numpy(), np.asarray(jax_model.fc1.kernel[...]).T)
+    np.testing.assert_array_equal(torch_model.fc2.bias.detach().numpy(), np.asarray(jax_model.fc2.bias[...]))
+
+
+@pytest.mark.parametrize("problems", list(PROBLEMS))
+def test_load_into_torch_errors_are_torchs_own(problems: str):
+    """The same lines torch gives for the converted state_dict; the module is left unchanged
+    (torch's own strict load copies the matching keys before it raises)."""
+    hidden, jax_hidden = PROBLEMS[problems]
+    torch_model, jax_model, _ = _pair(hidden, jax_hidden)
+    # a converter that also knows an fc3 (a layer this torch model lacks): its variable is unexpected
+    converter = Converter.from_torch_module(torch_model)
+    converter = Converter(converter.mapping | {"fc3.weight": ("fc3/kernel", LAYOUT_RULES["Linear"]["weight"])})
+    jax_state = _jax_state(jax_model)
+    if "missing" in problems:
+        jax_state.pop("fc2/bias")
+    if "unexpected" in problems:
+        jax_state["fc3/kernel"] = np.zeros((2, 2))
+    before = _state_dict(torch_model)
+    with pytest.raises(ConversionError) as raised:
+        converter.load_into_torch(torch_model, jax_state)
+    message = str(raised.value)
+    assert message.startswith("Error(s) in loading state into the torch model SimpleNN:\n\t"), message
+    for name, value in _state_dict(torch_model).items():  # (torch's own load_state_dict, below, is not atomic)
+        np.testing.assert_array_equal(value, before[name], err_msg=name)
+    torch_lines = _torch_error(torch_model, converter.to_torch(jax_state)).split("\n\t")[1:]
+    assert _as_torch_prints_it(message) == torch_lines, (message, torch_lines)
+
+
+def test_load_into_torch_names_a_jax_variable_with_no_torch_counterpart_by_its_path():
+    torch_model, jax_model, _ = _pair()
+    jax_state = _jax_state(jax_model) | {"fc9/kernel": np.zeros((2, 2))}
+    with pytest.raises(ConversionError) as raised:
+        Converter.from_torch_module(torch_model).load_into_torch(torch_model, jax_state)
+    assert str(raised.value).split("\n\t")[1:] == ['Unexpected key(s) in state_dict: "fc9/kernel". ']
+
+
+def test_load_into_torch_not_strict_loads_the_rest_but_never_a_wrong_shape():
+    torch_model, jax_model, _ = _pair()
+    converter = Converter.from_torch_module(torch_model)
+    jax_state = _jax_state(jax_model) | {"fc9/kernel": np.zeros((2, 2))}
+    jax_state.pop("fc2/bias")
+    fc2_bias = torch_model.fc2.bias.detach().clone()
+    result = converter.load_into_torch(torch_model, jax_state, strict=False)
+    assert result.missing_keys == ["fc2.bias"] and result.unexpected_keys == ["fc9/kernel"]
+    np.testing.assert_array_equal(torch_model.fc1.weight.detach().numpy(), jax_state["fc1/kernel"].T)
+    assert torch.equal(torch_model.fc2.bias, fc2_bias)
+    _, narrow, _ = _pair(jax_hidden=16)
+    with pytest.raises(ConversionError, match="size mismatch for fc1.weight"):
+        converter.load_into_torch(torch_model, narrow, strict=False)
+
+
+# ------------------------------------------------------------------------------------------
+# Integer buffers: BatchNorm's num_batches_tracked, torch's int64
+
+
+def _batch_norm_after(steps: int) -> torch.nn.BatchNorm2d:
+    torch_layer = torch.nn.BatchNorm2d(3).double()
+    for step in range(steps):
+        torch_layer(torch.randn(4, 3, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(step)))
+    return torch_layer
+
+
+@pytest.mark.parametrize("x64", [True, False], ids=["x64", "int32-default"])
+def test_num_batches_tracked_is_an_exact_integer_both_ways(x64: bool):
+    """JAX holds the counter as its default integer (int64 with x64, int32 without, the cast
+    documented on Converter); it comes back to torch as torch's int64, the same number."""
+    torch_layer = _batch_norm_after(3)
+    converter = Converter.from_torch_module(torch_layer)
+    with jax.enable_x64(x64):
+        jax_layer = jax_impl.layers.BatchNorm2d(3, param_dtype=jnp.float64 if x64 else jnp.float32)
+        stats = converter.to_jax(_state_dict(torch_layer), nnx.state(jax_layer, nnx.Any(nnx.Param, nnx.BatchStat)))
+        nnx.update(jax_layer, stats)
+        counter = jax_layer.num_batches_tracked[...]
+        assert counter.dtype == (jnp.int64 if x64 else jnp.int32) and int(counter) == 3
+        back = converter.to_torch(nnx.state(jax_layer, nnx.BatchStat))
+        assert back["num_batches_tracked"].dtype == np.int64 and int(back["num_batches_tracked"]) == 3
+        fresh = torch.nn.BatchNorm2d(3)
+        converter.load_into_torch(fresh, jax_layer)
+    assert fresh.num_batches_tracked.dtype == torch.long and int(fresh.num_batches_tracked) == 3
+
+
+def test_a_counter_too_large_for_int32_is_an_error_not_a_wraparound():
+    torch_layer = _batch_norm_after(1)
+    torch_layer.num_batches_tracked.fill_(2**31)
+    template = {"scale": np.ones(3), "bias": np.zeros(3), "mean": np.zeros(3), "var": np.ones(3),
+                "num_batches_tracked": np.zeros((), np.int32)}
+    message = _conversion_error(_state_dict(torch_layer), template, Converter.from_torch_module(torch_layer))
+    assert message.split("\n\t")[1:] == [
+        "value out of range for num_batches_tracked: 2147483648 does not fit the JAX model's num_batches_tracked "
+        "(int32; JAX holds integers as int32 unless jax_enable_x64 is on)."]
+    template["num_batches_tracked"] = np.zeros((), np.int64)
+    converted = Converter.from_torch_module(torch_layer).to_jax(_state_dict(torch_layer), template)
+    assert int(converted["num_batches_tracked"]) == 2**31
 
 
 # ------------------------------------------------------------------------------------------

@@ -640,7 +640,8 @@ def test_a_shape_mismatch_names_the_key_and_both_shapes():
     with pytest.raises(ConversionError) as raised:
         load_torch_state(jax_layer, torch_layer)
     message = str(raised.value)
-    assert "weight: torch (8, 4, 3, 3) -> kernel (3, 3, 4, 8), JAX model has (3, 2, 4, 8)" in message, message
+    assert ("size mismatch for weight: copying a param with shape (8, 4, 3, 3) from checkpoint, the shape in current "
+            "model is (8, 4, 3, 2) (the JAX model's kernel is (3, 2, 4, 8)).") in message, message
 
 
 # ------------------------------------------------------------------------------------------

@@ -126,26 +126,68 @@ def _jax_variables(model: nnx.Module) -> nnx.State:
     return nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
 
 
-@pytest.mark.parametrize("case", ["cnn_digits_8x8", "transformer_gelu_pre_norm", "lstm_2_layers_steps_of_16"])
+def _move_buffers(torch_model: torch.nn.Module, case: str, passes: int = 3) -> None:
+    """Training-mode forward passes: BatchNorm's running statistics leave their defaults and
+    ``num_batches_tracked`` counts the passes."""
+    torch_model.train()
+    with torch.no_grad():
+        for seed in range(passes):
+            torch_model(torch.from_numpy(_inputs(case, "float64", seed=seed)))
+
+
+@pytest.mark.parametrize("case", list(CASES))
 def test_whole_state_dict_converts_both_ways(case: str):
+    """torch -> JAX -> torch is the identity, bit for bit and dtype for dtype, for every
+    variable of the state_dict: parameters and buffers (running statistics moved off their
+    defaults, ``num_batches_tracked`` an integer on the JAX side too); then JAX -> torch with
+    Converter.load_into_torch, strict, into a fresh torch model, gives the same state_dict."""
     torch_model, jax_model = _pair(case, "float64")
+    _move_buffers(torch_model, case)
     converter = Converter.from_torch_module(torch_model)
     state_dict = _state_dict(torch_model)
     template = _jax_variables(jax_model)
     assert len(leaves_by_path(template)) == len(state_dict)  # every variable has a torch counterpart
     converted = converter.to_jax(state_dict, template)
     back = converter.to_torch(converted)
-    assert sorted(back) == sorted(state_dict)
+    assert list(back) == list(state_dict) or sorted(back) == sorted(state_dict)
     for name, value in state_dict.items():
         assert back[name].dtype == value.dtype, name
         np.testing.assert_array_equal(back[name], value, err_msg=name)
-    # and from JAX: the JAX model's own values survive the trip through torch's layout
+    for name in (name for name in state_dict if name.endswith("num_batches_tracked")):
+        counter = flatten(converted)[converter.jax_path(name)]
+        assert np.issubdtype(counter.dtype, np.integer) and int(counter) == 3, name  # int64 here: x64 is on
+        assert state_dict[name].dtype == np.int64
+    # and from JAX: the JAX model's values loaded into a fresh torch model, strictly
     nnx.update(jax_model, converted)
-    from_jax = converter.to_torch(_jax_variables(jax_model))
-    torch_model.load_state_dict({name: torch.from_numpy(value) for name, value in from_jax.items()})
-    again = converter.to_jax(_state_dict(torch_model), template)
-    for path, value in flatten(converted).items():
-        np.testing.assert_array_equal(flatten(again)[path], value, err_msg=path)
+    model, options, _ = CASES[case]
+    torch.manual_seed(1)
+    fresh = PAIRS[model][0](**options).to(torch.float64)
+    assert converter.load_into_torch(fresh, jax_model) == ([], [])
+    for name, value in _state_dict(fresh).items():
+        assert value.dtype == state_dict[name].dtype, name
+        np.testing.assert_array_equal(value, state_dict[name], err_msg=name)
+
+
+@pytest.mark.parametrize("case", ["cnn_digits_8x8", "transformer_relu_post_norm", "transformer_gelu_pre_norm",
+                                  "lstm_1_layer", "lstm_2_layers_steps_of_16"])
+def test_a_jax_initialised_model_runs_in_torch(case: str):
+    """JAX -> torch on values of JAX's own making: the JAX model's torch-default init (not
+    torch's draw) and the BatchNorm statistics it tracked in a training-mode pass, loaded with
+    Converter.load_into_torch. torch's eval-mode output equals JAX's (float64, 1e-12)."""
+    model, options, _ = CASES[case]
+    torch_class, jax_class = PAIRS[model]
+    jax_model = jax_class(**options, rngs=nnx.Rngs(3), param_dtype=jnp.float64)
+    jax_model.train()
+    jax_model(jnp.asarray(_inputs(case, "float64", seed=2)))  # dropout from its rngs; BatchNorm tracks
+    torch_model = torch_class(**options).to(torch.float64)
+    Converter.from_torch_module(torch_model).load_into_torch(torch_model, jax_model)
+    for name, buffer in torch_model.named_buffers():
+        if name.endswith("num_batches_tracked"):
+            assert buffer.dtype == torch.long and int(buffer) == 1, name
+    jax_model.eval()
+    torch_model.eval()
+    x = _inputs(case, "float64", seed=1)
+    assert_close("eval output", jax_model(jnp.asarray(x)), torch_model(torch.from_numpy(x)).detach(), "float64")
 
 
 def test_a_shape_mismatch_in_a_model_names_the_key_and_both_shapes():
@@ -156,9 +198,11 @@ def test_a_shape_mismatch_in_a_model_names_the_key_and_both_shapes():
     with pytest.raises(ConversionError) as raised:
         Converter.from_torch_module(torch_model).to_jax(_state_dict(torch_model), _jax_variables(jax_model))
     message = str(raised.value)
-    assert ("encoder.layers.1.linear1.weight: torch (16, 8) -> encoder/layers/1/linear1/kernel (8, 16), "
-            "JAX model has (8, 32)") in message, message
-    assert "encoder.layers.0.linear2.weight: torch (8, 16)" in message
+    assert ("size mismatch for encoder.layers.1.linear1.weight: copying a param with shape (16, 8) from checkpoint, "
+            "the shape in current model is (32, 8) (the JAX model's encoder/layers/1/linear1/kernel is (8, 32)).\n"
+            ) in message, message
+    assert ("size mismatch for encoder.layers.0.linear2.weight: copying a param with shape (8, 16) from checkpoint, "
+            "the shape in current model is (8, 32)") in message, message
 
 
 def test_constructor_signatures_mirror_torch():
