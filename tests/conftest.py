@@ -25,7 +25,7 @@ settings.load_profile("repeatable")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    if config.cache is None:
+    if getattr(config, "cache", None) is None:  # -p no:cacheprovider
         return
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     jax.config.update("jax_compilation_cache_dir", str(config.cache.mkdir(f"jax-compilation-{worker}")))

@@ -8,7 +8,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jax_impl.optim._base import PyTree, check_lr, one_minus_power, scalar, static_betas, widest_float
+from jax_impl.optim._base import (
+    PyTree,
+    check_lr,
+    fma,
+    one_minus_power,
+    rounded_product,
+    scalar,
+    static_betas,
+    widest_float,
+)
 
 
 class AdamState(NamedTuple):
@@ -85,8 +94,11 @@ def adam(
         exp_avg = jax.tree.map(
             lambda m, g: _lerp(m, g, scalar(1 - b1, g)), state.exp_avg, grads
         )
+        # torch: v.mul_(beta2).addcmul_(g, g, value=1 - beta2): the product v * beta2 rounded on
+        # its own, then ((1 - beta2) * g) * g added with one rounding (its CPU kernel's FMA)
         exp_avg_sq = jax.tree.map(
-            lambda v, g: scalar(b2, g) * v + scalar(1 - b2, g) * (g * g), state.exp_avg_sq, grads
+            lambda v, g: fma(rounded_product(g, scalar(1 - b2, g)), g, rounded_product(v, scalar(b2, v))),
+            state.exp_avg_sq, grads,
         )
         max_exp_avg_sq = state.max_exp_avg_sq
         second = exp_avg_sq
@@ -96,12 +108,14 @@ def adam(
 
         def delta(m, v, p):
             denom = jnp.sqrt(v) / scalar(bias_correction2_sqrt, v) + scalar(eps, v)
-            step_update = -scalar(step_size, m) * (m / denom)
+            # torch: p.addcdiv_(m, denom, value=-step_size), which its CPU kernel computes as
+            # p + (value * m) / denom: the product first (value * (m / denom) differs in ~3%)
+            step_update = rounded_product(m, -scalar(step_size, m)) / denom
             if decoupled_weight_decay:
                 # torch: p.mul_(1 - lr * wd), then the Adam step on the decayed p. Rounded in that
                 # order, as the difference from p: apply_updates' p + (new - p) gives new exactly
                 # (Sterbenz) wherever the step is small, which it is
-                decayed = p * scalar(1 - jnp.asarray(lr, wide) * weight_decay, p)
+                decayed = rounded_product(p, scalar(1 - jnp.asarray(lr, wide) * weight_decay, p))
                 return (decayed + step_update) - p
             return step_update
 

@@ -11,7 +11,7 @@ from parity.compare import TOLERANCES, Tolerance
 from parity.runner import ParityReport, run
 from parity.spec import RunSpec, parse_call
 
-__all__ = ["Case", "COMPONENTS", "BASE", "LONG"]
+__all__ = ["Case", "COMPONENTS", "BASE", "LONG", "float32_cases"]
 
 #: What a case can be about; each is also the RunSpec field that names it.
 COMPONENTS = ("optimizer", "scheduler", "loss", "model")
@@ -27,6 +27,9 @@ class Case:
     )  # (stage, dtype) -> override; each must carry its own reason
     #: scheduler arguments a spec string cannot hold (LambdaLR's lr_lambda), given to both sides
     scheduler_arguments: Mapping[str, Any] = dataclasses.field(default_factory=lambda: types.MappingProxyType({}))
+    #: whether the suite also runs this case in float32 (see :func:`float32_cases`); None: decide
+    #: by the rule there, True: always (a case about float32 rounding itself)
+    float32: bool | None = None
 
     def __post_init__(self) -> None:
         if self.component not in COMPONENTS:
@@ -67,3 +70,22 @@ BASE = RunSpec(
 
 #: :data:`BASE` for 20 updates (2 epochs of 10): every optimizer case runs at least this long.
 LONG = dataclasses.replace(BASE, steps_per_epoch=10)
+
+
+def float32_cases(cases: tuple[Case, ...]) -> tuple[Case, ...]:
+    """The cases the suite also runs in float32.
+
+    float64 is the semantic check, and every case runs in it. float32 checks that each
+    component's arithmetic rounds as torch's does, which does not depend on which of its options
+    is set: one case per component name (its first registered case) checks it, plus every case
+    that carries a float32 tolerance override (its float32 behaviour is its own) or is marked
+    ``float32=True``, minus those marked ``float32=False``.
+    """
+    chosen, seen = [], set()
+    for case in cases:
+        own_float32 = any(dtype == "float32" for _, dtype in case.tolerances)
+        first = (case.component, case.covers) not in seen
+        seen.add((case.component, case.covers))
+        if case.float32 if case.float32 is not None else (first or own_float32):
+            chosen.append(case)
+    return tuple(chosen)

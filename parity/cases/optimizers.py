@@ -13,10 +13,10 @@ from parity.cases._base import LONG, Case
 from parity.compare import TOLERANCES
 
 
-def _case(variant: str, optimizer: str, tolerances=None, **changes) -> Case:
+def _case(variant: str, optimizer: str, tolerances=None, float32=None, **changes) -> Case:
     name = optimizer.split("(", 1)[0]
     return Case(f"{name}/{variant}", "optimizer", dataclasses.replace(LONG, optimizer=optimizer, **changes),
-                **({"tolerances": tolerances} if tolerances else {}))
+                float32=float32, **({"tolerances": tolerances} if tolerances else {}))
 
 
 SGD = (
@@ -36,7 +36,7 @@ ADAM = (
     # 784 Gaussian inputs give many tiny gradient elements, where Adam's g / (sqrt(v) + eps)
     # amplifies float32 rounding of the gradient: resync must apply the JAX optimizer to
     # torch's gradients for this to hold (a false divergence before that was fixed)
-    _case("tiny-gradients", "Adam(lr=1e-3)", data="synthetic", model="SimpleNN(hidden_size=64)"),
+    _case("tiny-gradients", "Adam(lr=1e-3)", data="synthetic", model="SimpleNN(hidden_size=64)", float32=True),
     _case("weight_decay", "Adam(lr=1e-3, weight_decay=0.01)"),
     _case("amsgrad", "Adam(lr=1e-3, betas=(0.8, 0.99), amsgrad=True)"),
     _case("maximize", "Adam(lr=1e-3, maximize=True)"),

@@ -17,6 +17,7 @@ import jax_impl.schedules
 import parity
 import torch_ref.models
 from parity.cases import CASES, Case
+from parity.cases._base import float32_cases
 from parity.cases.loss_inputs import LOSS_CASES
 from parity.cases.optimizers import UNIT_TESTED_ONLY
 from parity.compare import TOLERANCES, Tolerance
@@ -30,12 +31,27 @@ def _failure_message(case: Case, report: parity.ParityReport) -> str:
             f"(epoch {step.epoch}), stage {stage}: {error.describe()}")
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
-def test_case_holds_in_resync_mode(case: Case, dtype: str):
-    report = case.run(dtype, "resync")
+def test_case_holds_in_float64_resync_mode(case: Case):
+    report = case.run("float64", "resync")
     assert len(report.steps) == case.spec.epochs * case.spec.steps_per_epoch
     assert report.ok, _failure_message(case, report)
+
+
+@pytest.mark.parametrize("case", float32_cases(CASES), ids=lambda case: case.name)
+def test_case_holds_in_float32_resync_mode(case: Case):
+    report = case.run("float32", "resync")
+    assert len(report.steps) == case.spec.epochs * case.spec.steps_per_epoch
+    assert report.ok, _failure_message(case, report)
+
+
+def test_float32_runs_every_component_and_every_float32_override():
+    chosen = {case.name for case in float32_cases(CASES)}
+    names = {(case.component, case.covers) for case in CASES}
+    assert names == {(case.component, case.covers) for case in float32_cases(CASES)}
+    overridden = {case.name for case in CASES if any(dtype == "float32" for _, dtype in case.tolerances)}
+    assert overridden <= chosen
+    assert {case.name for case in CASES if case.float32} <= chosen
 
 
 def test_case_names_are_unique():
