@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jax_impl.spec import suggest
+from jax_impl.spec import SpecError, suggest
 
 __all__ = ["DataError", "Dataset", "load", "digits", "synthetic", "from_npz"]
 
@@ -31,10 +31,37 @@ class Dataset:
     x_val: np.ndarray
     y_val: np.ndarray
     num_classes: int
+    #: what ``x * token_scale`` is, as integers, the data set's natural tokens (digits stores
+    #: pixel / 16, so its raw pixel values 0..16 are ``x * 16``); see :meth:`as_tokens`
+    token_scale: float = 1.0
 
     @property
     def input_size(self) -> int:
         return int(np.prod(self.x_train.shape[1:]))
+
+    def as_tokens(self, vocab_size: int, model: str = "the model") -> "Dataset":
+        """The same samples as integer tokens ``np.rint(x * token_scale)`` (int64), for a model
+        that embeds tokens (a Transformer); a :class:`SpecError` unless every value is an
+        integer in ``[0, vocab_size)``."""
+        arrays = {}
+        for key in ("x_train", "x_val"):
+            raw = np.asarray(getattr(self, key), np.float64) * self.token_scale
+            tokens = np.rint(raw)
+            off = np.flatnonzero(~np.isclose(raw, tokens, rtol=0.0, atol=1e-6))
+            if off.size:
+                index = np.unravel_index(off[0], raw.shape)
+                raise SpecError(
+                    f"{model} takes integer tokens in [0, {vocab_size}), but --data {self.name} is not integer-valued "
+                    f"({key}[{', '.join(map(str, index))}] = {raw[index]:.6g}); use --data digits (pixel values "
+                    "0..16) or an .npz whose 'x' holds token ids"
+                )
+            if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
+                raise SpecError(
+                    f"{model} takes integer tokens in [0, {vocab_size}), but --data {self.name} has values from "
+                    f"{tokens.min():.0f} to {tokens.max():.0f}; raise vocab_size or map the data to token ids"
+                )
+            arrays[key] = tokens.astype(np.int64)
+        return dataclasses.replace(self, **arrays, token_scale=1.0)
 
     def batches_per_epoch(self, batch_size: int) -> int:
         return -(-len(self.x_train) // batch_size)
@@ -48,11 +75,16 @@ class Dataset:
         count = self.batches_per_epoch(batch_size) if steps is None else steps
         for index in range(count):
             chosen = order[index * batch_size : (index + 1) * batch_size]
-            yield self.x_train[chosen].astype(dtype), self.y_train[chosen]
+            yield _cast(self.x_train[chosen], dtype), self.y_train[chosen]
 
     def val_batches(self, batch_size: int, dtype=np.float32) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for start in range(0, len(self.x_val), batch_size):
-            yield self.x_val[start : start + batch_size].astype(dtype), self.y_val[start : start + batch_size]
+            yield _cast(self.x_val[start : start + batch_size], dtype), self.y_val[start : start + batch_size]
+
+
+def _cast(x: np.ndarray, dtype) -> np.ndarray:
+    """Float features in the run's dtype; integer tokens (:meth:`Dataset.as_tokens`) stay int64."""
+    return x if np.issubdtype(x.dtype, np.integer) else x.astype(dtype)
 
 
 #: More classes than this is taken for a labelling mistake (a model with that many outputs).
@@ -73,12 +105,13 @@ def _split(name: str, x: np.ndarray, y: np.ndarray, seed: int, val_fraction: flo
 
 def digits(seed: int = 0) -> Dataset:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes, no download),
-    scaled to [0, 1] and split 80/20 with a seeded permutation."""
+    scaled to [0, 1] and split 80/20 with a seeded permutation. As tokens (:meth:`Dataset.as_tokens`)
+    they are the raw pixel values 0..16, 0 the blank background (a Transformer's padding)."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     x = (bunch.data / 16.0).astype(np.float64)  # (1797, 64)
-    return _split("digits", x, bunch.target.astype(np.int64), seed)
+    return dataclasses.replace(_split("digits", x, bunch.target.astype(np.int64), seed), token_scale=16.0)
 
 
 def synthetic(seed: int = 0, samples: int = 1024, input_size: int = 784, num_classes: int = 10) -> Dataset:

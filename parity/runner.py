@@ -29,19 +29,25 @@ import jax_impl.losses
 import jax_impl.optim
 import jax_impl.schedules
 from jax_impl.checkpoint import leaves_by_path
+from jax_impl.layers import DropoutMask
 from jax_impl.loop import evaluate as jax_evaluate
 from jax_impl.spec import SpecError
 from jax_impl.step import TrainState, make_eval_step, make_objective, make_train_step, make_update_step
 from parity import convert, data
+from parity.dropout import HarnessDropout, hand_masks_to_jax
 from parity.compare import StepComparison, Tolerance, compare_steps, compare_tensors, tolerance
 from parity.spec import DTYPES, INTERVALS, MODES, RunSpec, build_models, parse_param_group, build_torch_loss, build_torch_optimizer, build_torch_scheduler
 from parity.trace import StepTrace
 from torch_ref import loop as torch_loop
 
-__all__ = ["EpochSummary", "ParityReport", "check_port", "run"]
+__all__ = ["EpochSummary", "ParityReport", "check_port", "run", "BUFFERS"]
 
 Batch = tuple[np.ndarray, np.ndarray]
 Progress = Callable[[StepComparison, int], None]  # (this step's comparison, total steps)
+
+#: The variables of the JAX state's non-parameter part that hold torch's buffers (BatchNorm's
+#: statistics): all but dropout's random streams and its masks, which have no torch name.
+BUFFERS = nnx.Not(nnx.Any(nnx.RngState, DropoutMask))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +152,7 @@ def check_port(
     progress: Progress | None = None,
     config: dict[str, Any] | None = None,
     tolerances: Mapping[tuple[str, str], Tolerance] | None = None,
+    seed: int = 0,
 ) -> ParityReport:
     """Train ``torch_model`` and ``jax_model`` side by side and compare every step.
 
@@ -156,7 +163,8 @@ def check_port(
       loss: a torch loss spec (``"CrossEntropyLoss()"``) or a ``(torch_fn, jax_fn)`` pair of
         functions of ``(outputs, targets)``.
       optimizer, scheduler: torch spec strings; each side builds its own from the same text.
-      epochs: the batches of each epoch, numpy ``(inputs, targets)``; dtype follows the models.
+      epochs: the batches of each epoch, numpy ``(inputs, targets)``: float inputs are cast to
+        the models' dtype, integer inputs (a Transformer's tokens) stay integers (int64).
       scheduler_interval: ``"epoch"`` or ``"step"``: when ``scheduler.step()`` runs.
         ``ReduceLROnPlateau`` steps once per epoch on the validation loss (so it needs
         ``val_batches``), as the seed's loop calls ``scheduler.step(val_loss)``.
@@ -171,6 +179,9 @@ def check_port(
         difference to one step); ``"free"`` lets both run on their own.
       tolerances: overrides of :data:`parity.compare.TOLERANCES` by (stage, dtype), each with
         its reason (a registered case's overrides).
+      seed: the stream of the dropout masks (:mod:`parity.dropout`): during each torch step
+        every mask torch draws is replaced by the harness's mask for (seed, step, module), and
+        the JAX model's dropout layers get the same masks before its step.
     """
     if mode not in MODES:
         raise SpecError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -186,7 +197,7 @@ def check_port(
     graphdef, params, rest = nnx.split(jax_model, nnx.Param, ...)
     _check_jax_dtype(params, dtype)
     params = converter.to_jax(_torch_params(torch_model), params, what="parameters")
-    rest = converter.to_jax(_torch_buffers(torch_model), rest, what="buffers")
+    rest = _load_buffers(converter, _torch_buffers(torch_model), rest)
     jax_loss = jax_impl.losses.from_torch(loss) if isinstance(loss, str) else loss[1]
     groups = ParamGroups.assign(list(names.values()), param_groups or ())
     layout = convert.torch_layout(converter)  # Adafactor and Muon act on torch's axes
@@ -221,13 +232,17 @@ def check_port(
     update_step = make_update_step(tx, objective=make_objective(graphdef, jax_loss) if closure else None)
     eval_step = make_eval_step(graphdef, jax_loss)
 
+    def numpy_inputs(inputs: Any) -> np.ndarray:
+        inputs = np.asarray(inputs)
+        return inputs.astype(np.int64) if np.issubdtype(inputs.dtype, np.integer) else inputs.astype(numpy_dtype)
+
     def to_torch(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, targets = batch
-        return torch.from_numpy(np.asarray(inputs, numpy_dtype)), torch.from_numpy(np.asarray(targets))
+        return torch.from_numpy(numpy_inputs(inputs)), torch.from_numpy(np.asarray(targets))
 
     def to_jax(batch: Batch) -> tuple[jax.Array, jax.Array]:
         inputs, targets = batch
-        return jnp.asarray(np.asarray(inputs, numpy_dtype)), jnp.asarray(targets)
+        return jnp.asarray(numpy_inputs(inputs)), jnp.asarray(targets)
 
     total_steps = sum(len(batches) for batches in epochs)
     started = time.perf_counter()
@@ -235,13 +250,14 @@ def check_port(
     summaries: list[EpochSummary] = []
     step = 0
     halted = None
+    masked: set[str] = set()  # the JAX dropout layers holding a mask
     for epoch, batches in enumerate(epochs):
         torch_losses, jax_losses = [], []
         for batch in batches:
             # torch: the user's loop, with the gradients read just before optimizer.step()
             torch_lr = float(torch_optimizer.param_groups[0]["lr"])
             torch_hyperparams = _scheduled_hyperparams(torch_optimizer.param_groups, numpy_dtype, torch_scheduler)
-            with _first_step_errors(step, "torch"):
+            with _first_step_errors(step, "torch"), HarnessDropout(torch_model, seed, step) as dropout:
                 torch_loss, captured = _torch_step(
                     torch_model, torch_criterion, torch_optimizer, names, to_torch(batch)
                 )
@@ -257,7 +273,11 @@ def check_port(
             if torch_scheduler is not None and scheduler_interval == "step":
                 torch_scheduler.step()
 
-            # JAX: the compiled functional step
+            # JAX: the compiled functional step, with the dropout masks torch used
+            if dropout.masks or masked:
+                masks = {name: None for name in masked - set(dropout.masks)} | dropout.masks
+                state = state._replace(rest=hand_masks_to_jax(graphdef, state.params, state.rest, masks))
+                masked = set(dropout.masks)
             state_before = state
             with _first_step_errors(step, "JAX"):
                 state, metrics = train_step(state, to_jax(batch))
@@ -281,7 +301,7 @@ def check_port(
                 optimizer_state=convert.jax_optimizer_state(state.opt_state, converter, group_names,
                                                             flat_order=flat_order),
                 params=converter.to_torch(state.params),
-                buffers=converter.to_torch(state.rest),
+                buffers=converter.to_torch(nnx.filter_state(state.rest, BUFFERS)),
                 hyperparams=_scheduled_hyperparams(_jax_param_groups(state.opt_state), numpy_dtype, torch_scheduler),
             )
             comparison = compare_steps(step, epoch, torch_trace, jax_trace, dtype, mode, tolerances)
@@ -295,7 +315,7 @@ def check_port(
                 try:
                     state = TrainState(
                         converter.to_jax(torch_trace.params, state.params, what="parameters"),
-                        converter.to_jax(torch_trace.buffers, state.rest, what="buffers"),
+                        _load_buffers(converter, torch_trace.buffers, state.rest),
                         convert.load_torch_optimizer_state(
                             state.opt_state, torch_optimizer, names, converter, step, include_hyperparams=False,
                             flat_order=flat_order,
@@ -471,6 +491,13 @@ def _torch_buffers(model: torch.nn.Module) -> dict[str, np.ndarray]:
     return {name: convert.to_numpy(b) for name, b in model.named_buffers()}
 
 
+def _load_buffers(converter: convert.Converter, arrays: Mapping[str, np.ndarray], rest: nnx.State) -> nnx.State:
+    """``rest`` with its :data:`BUFFERS` part set from torch's buffers; dropout's streams and
+    masks are kept as they are."""
+    buffers, others = nnx.split_state(rest, BUFFERS, ...)
+    return nnx.merge_state(converter.to_jax(arrays, buffers, what="buffers"), others)
+
+
 def run(
     spec: RunSpec,
     progress: Progress | None = None,
@@ -487,6 +514,8 @@ def run(
         spec.model, input_size=dataset.input_size, num_classes=dataset.num_classes,
         seed=spec.seed, dtype=spec.dtype,
     )
+    if getattr(torch_model, "takes_tokens", False):  # a Transformer: integer tokens, not features
+        dataset = dataset.as_tokens(torch_model.vocab_size, model=f"--model {spec.model}")
     available = dataset.batches_per_epoch(spec.batch_size)
     if spec.steps_per_epoch is not None and spec.steps_per_epoch > available:
         raise SpecError(
@@ -504,7 +533,7 @@ def run(
         scheduler=spec.scheduler, scheduler_interval=spec.scheduler_interval,
         scheduler_arguments=scheduler_arguments,
         param_groups=[parse_param_group(text) for text in spec.param_groups],
-        val_batches=val_batches, mode=spec.mode, progress=progress, tolerances=tolerances,
+        val_batches=val_batches, mode=spec.mode, progress=progress, tolerances=tolerances, seed=spec.seed,
         config=spec.to_dict() | {"data_name": dataset.name, "train_samples": len(dataset.x_train),
                                  "val_samples": len(dataset.x_val), "input_size": dataset.input_size,
                                  "num_classes": dataset.num_classes},

@@ -128,6 +128,8 @@ def build_models(
     parameters = inspect.signature(torch_cls.__init__).parameters
     for key, value in kwargs.items():
         default = parameters[key].default
+        if default is None and value is None:  # an optional argument left to the model (LSTM's seq_len)
+            continue
         if isinstance(default, bool):
             if not isinstance(value, bool):
                 raise SpecError(f"model {call}: {key} must be True or False, got {value!r}")
@@ -137,6 +139,9 @@ def build_models(
         elif isinstance(default, str):
             if not isinstance(value, str):
                 raise SpecError(f"model {call}: {key} must be a string, got {value!r}")
+        elif default == 0:  # an index (Transformer's padding_idx)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise SpecError(f"model {call}: {key} must be a non-negative integer, got {value!r}")
         elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise SpecError(f"model {call}: {key} must be a positive integer, got {value!r}")
     kwargs |= {k: v for k, v in given.items() if k in parameters}

@@ -75,13 +75,18 @@ class TransformerClassifier(nn.Module):
     A sequence of padding only has nothing to attend to: avoid it (torch gives NaN or zeros
     depending on the code path). The encoder is built with ``enable_nested_tensor=False`` so
     that it computes padded positions too, in every mode.
+
+    ``takes_tokens``: the parity harness feeds it integer tokens ``(B, T)`` (int64, values in
+    ``[0, vocab_size)``) rather than float features.
     """
+
+    takes_tokens = True
 
     def __init__(self, input_size: int = 64, num_classes: int = 10, vocab_size: int = 17, d_model: int = 32,
                  nhead: int = 4, num_layers: int = 2, dim_feedforward: int = 64, dropout: float = 0.1,
                  activation: str = "relu", norm_first: bool = False, padding_idx: int = 0):
         super().__init__()
-        self.padding_idx = padding_idx
+        self.padding_idx, self.vocab_size = padding_idx, vocab_size
         self.embedding = nn.Embedding(vocab_size, d_model, padding_idx=padding_idx)
         self.position = nn.Embedding(input_size, d_model)
         layer = nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, activation,
@@ -119,4 +124,4 @@ class LSTMClassifier(nn.Module):
 
 
 #: model name -> nn.Module class (names mirror jax_impl.models.MODELS)
-MODELS = {"SimpleNN": SimpleNN}
+MODELS = {"SimpleNN": SimpleNN, "CNN": CNN, "Transformer": TransformerClassifier, "LSTM": LSTMClassifier}

@@ -93,13 +93,18 @@ class TransformerClassifier(nnx.Module):
     """A sequence classifier over integer tokens ``(B, T)``, ``T <= input_size``: token
     Embedding (``padding_idx``) + learned position Embedding -> TransformerEncoder
     (``batch_first``, padding as ``src_key_padding_mask``) -> mean over the non-padding tokens
-    -> Linear. A sequence of padding only is not supported (nothing to attend to)."""
+    -> Linear. A sequence of padding only is not supported (nothing to attend to).
+
+    ``takes_tokens``: inputs are integer tokens in ``[0, vocab_size)``, not float features.
+    """
+
+    takes_tokens = True
 
     def __init__(self, input_size: int = 64, num_classes: int = 10, vocab_size: int = 17, d_model: int = 32,
                  nhead: int = 4, num_layers: int = 2, dim_feedforward: int = 64, dropout: float = 0.1,
                  activation: str = "relu", norm_first: bool = False, padding_idx: int = 0, *,
                  rngs: nnx.Rngs, param_dtype=jnp.float32):
-        self.padding_idx = padding_idx
+        self.padding_idx, self.vocab_size = padding_idx, vocab_size
         self.embedding = Embedding(vocab_size, d_model, padding_idx=padding_idx, rngs=rngs, param_dtype=param_dtype)
         self.position = Embedding(input_size, d_model, rngs=rngs, param_dtype=param_dtype)
         layer = TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, activation, batch_first=True,
