@@ -242,9 +242,12 @@ def rounded_product(a: jax.Array, b: jax.Array) -> jax.Array:
     """
     dtype, wide = jnp.result_type(a), widest_float()
     if dtype == wide:
-        # no wider type to round in (float32 with x64 off, or float64): XLA may fuse the product
-        # into the addition that follows (an optimization_barrier here was measured not to stop it)
-        return a * b
+        # No wider type to round in (float32 with x64 off, or float64). LLVM contracts a product
+        # and the addition after it into one FMA whatever stands between them in the HLO (an
+        # optimization_barrier or a bitcast round trip on the product: measured, no effect). So
+        # the product gets an addend of its own, a zero the compiler cannot see: if contracted,
+        # fma(a, b, 0) is the product rounded once, as torch stores it.
+        return a * b + jax.lax.optimization_barrier(jnp.zeros((), dtype))
     info = jnp.finfo(dtype)
     product = a.astype(wide) * b.astype(wide)  # exact for float32 operands
     return jax.lax.reduce_precision(product, info.nexp, info.nmant).astype(dtype)
