@@ -39,6 +39,21 @@ CNN_TOLERANCES = {
 }
 
 
+#: In a post-norm layer the last LayerNorm (norm2) feeds the mean pooling directly, so its bias
+#: gradient is the batch's head gradient summed over every position, sum_b W_fc^T (p_b - y_b) / B,
+#: which largely cancels: each side sums the 2,048 (B x T) position terms in its own order, and
+#: the rounding is relative to the terms, not to the small result. Measured in float32 over the
+#: 20 steps: 1.04x the base tolerance (8.3e-6 of the tensor's largest element; post-norm+gelu/Adam
+#: step 16), 0.59x in post-norm+relu/SGD; pre-norm at most 0.23x. 4x the base allowed.
+_POST_NORM_BIAS_SUM = ("post-norm: the last LayerNorm's bias gradient is the head gradient summed over B x T = "
+                       "2,048 positions, which largely cancels; float32 summation order measured up to 1.04x the "
+                       "base (8.3e-6 of the tensor's largest element), 4x allowed")
+POST_NORM_TOLERANCES = {
+    ("gradient", "float32"): dataclasses.replace(TOLERANCES["gradient", "float32"], tensor_rtol=3.2e-5,
+                                                 reason=_POST_NORM_BIAS_SUM),
+}
+
+
 def _case(variant: str, model: str, optimizer: str, **options) -> Case:
     name = model.split("(", 1)[0]
     return Case(f"{name}/{variant}", "model", dataclasses.replace(LONG, model=model, optimizer=optimizer), **options)
@@ -50,9 +65,10 @@ CASES = (
     Case("SimpleNN/default", "model", dataclasses.replace(BASE, model="SimpleNN()", data="synthetic")),
     _case("SGD", CNN, SGD, tolerances=CNN_TOLERANCES),
     _case("Adam", CNN, ADAM, tolerances=CNN_TOLERANCES),
-    _case("post-norm+relu/SGD", f"{TRANSFORMER}, num_layers=1)", SGD),
+    _case("post-norm+relu/SGD", f"{TRANSFORMER}, num_layers=1)", SGD, tolerances=POST_NORM_TOLERANCES),
     _case("pre-norm+gelu/SGD", f"{TRANSFORMER}, num_layers=2, norm_first=True, activation='gelu')", SGD),
-    _case("post-norm+gelu/Adam", f"{TRANSFORMER}, num_layers=1, activation='gelu')", ADAM),
+    _case("post-norm+gelu/Adam", f"{TRANSFORMER}, num_layers=1, activation='gelu')", ADAM,
+          tolerances=POST_NORM_TOLERANCES),
     _case("pre-norm+relu/Adam", f"{TRANSFORMER}, num_layers=2, norm_first=True)", ADAM),
     _case("1-layer/SGD", f"{LSTM})", SGD),
     _case("1-layer/Adam", f"{LSTM})", ADAM),
