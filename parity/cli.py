@@ -81,6 +81,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="resync: reset JAX from torch after each step; free: let both run on their own")
     run.add_argument("--data", default=defaults.data,
                      help="'digits' (embedded), 'synthetic', or FILE.npz with arrays x, y [x_val, y_val]")
+    run.add_argument("--localize", action=argparse.BooleanOptionalAction, default=None,
+                     help="compare the models layer by layer on the first step whose loss or gradients diverge "
+                          "(default: on when one does); --localize also shows step 0's layers when nothing "
+                          "diverges, --no-localize turns it off")
     run.add_argument("--json", metavar="PATH", help="write the full report as JSON")
     run.add_argument("--plot", metavar="PATH", help="write a PNG of losses and per-stage errors over steps")
     run.add_argument("--all-steps", action="store_true", help="print every step's row, not a sample")
@@ -125,6 +129,7 @@ def _run(args: argparse.Namespace) -> int:
             scheduler_interval=args.scheduler_interval, epochs=args.epochs,
             steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, seed=args.seed,
             dtype=args.dtype, mode=args.mode, data=args.data, param_groups=tuple(args.param_groups),
+            localize=args.localize,
         )
         console = Console()
         if not console.is_terminal:  # a pipe or file: wide enough for the tables, no colour codes

@@ -182,6 +182,9 @@ def render(report: ParityReport, console: Console, *, all_steps: bool = False) -
             console.print(line, highlight=False, markup=False)
         if report.halted:
             console.print(report.halted, highlight=False, markup=False)
+    if report.localization is not None:
+        console.print(f"\nStep {report.localization_step}, layer by layer:", highlight=False, markup=False)
+        console.print(str(report.localization), highlight=False, markup=False)
 
 
 # ------------------------------------------------------------------------------------------
@@ -227,6 +230,15 @@ def _tolerance_json(report: ParityReport, stage: str) -> dict[str, Any]:
     return {"rtol": tol.rtol, "atol": tol.atol, "reason": tol.reason, "grows_with_step": report.mode == "free"}
 
 
+def _localization_json(report: ParityReport) -> dict[str, Any] | None:
+    found = report.localization
+    if found is None:
+        return None
+    if isinstance(found, str):  # the localisation itself failed
+        return {"step": report.localization_step, "error": found}
+    return {"step": report.localization_step, **found.to_dict()}
+
+
 def to_json(report: ParityReport) -> dict[str, Any]:
     """The whole report as JSON-ready data; ``seconds`` is the only timing in it."""
     found = report.first_divergence
@@ -245,6 +257,7 @@ def to_json(report: ParityReport) -> dict[str, Any]:
         "tolerances": {stage: _tolerance_json(report, stage) for stage in STAGES},
         "first_divergence": first,
         "halted": report.halted,
+        "localization": _localization_json(report),
         "steps": [_step_json(step) for step in report.steps],
         "epochs": [
             {key: (_number(value) if isinstance(value, float) else value) for key, value in vars(summary).items()}

@@ -10,6 +10,7 @@ Two entry points:
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import platform
 import re
@@ -75,6 +76,10 @@ class ParityReport:
     #: why the run stopped before its last step: in resync mode, torch's state after a diverging
     #: step that cannot be loaded into the JAX state (a buffer of another shape)
     halted: str | None = None
+    #: layer-by-layer comparison (:func:`parity.localize.localize`) of the first step whose loss or
+    #: gradients diverge (or of step 0 when asked for and nothing diverges); a string if it failed
+    localization: Any = None
+    localization_step: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -153,6 +158,7 @@ def check_port(
     config: dict[str, Any] | None = None,
     tolerances: Mapping[tuple[str, str], Tolerance] | None = None,
     seed: int = 0,
+    localize: bool | None = None,
 ) -> ParityReport:
     """Train ``torch_model`` and ``jax_model`` side by side and compare every step.
 
@@ -179,6 +185,9 @@ def check_port(
         difference to one step); ``"free"`` lets both run on their own.
       tolerances: overrides of :data:`parity.compare.TOLERANCES` by (stage, dtype), each with
         its reason (a registered case's overrides).
+      localize: compare the models layer by layer (module outputs, input gradients, buffers) on
+        the first step whose loss or gradients diverge; None (default) does so when one does,
+        True also localises step 0 when nothing diverges, False never.
       seed: the stream of the dropout masks (:mod:`parity.dropout`): during each torch step
         every mask torch draws is replaced by the harness's mask for (seed, step, module), and
         the JAX model's dropout layers get the same masks before its step.
@@ -250,6 +259,7 @@ def check_port(
     summaries: list[EpochSummary] = []
     step = 0
     halted = None
+    localization, localization_step, first_step = None, None, None  # first_step: to localise step 0
     masked: set[str] = set()  # the JAX dropout layers holding a mask
     for epoch, batches in enumerate(epochs):
         torch_losses, jax_losses = [], []
@@ -257,6 +267,7 @@ def check_port(
             # torch: the user's loop, with the gradients read just before optimizer.step()
             torch_lr = float(torch_optimizer.param_groups[0]["lr"])
             torch_hyperparams = _scheduled_hyperparams(torch_optimizer.param_groups, numpy_dtype, torch_scheduler)
+            torch_before = copy.deepcopy(torch_model.state_dict()) if localize is not False and localization is None else None
             with _first_step_errors(step, "torch"), HarnessDropout(torch_model, seed, step) as dropout:
                 torch_loss, captured = _torch_step(
                     torch_model, torch_criterion, torch_optimizer, names, to_torch(batch)
@@ -306,6 +317,14 @@ def check_port(
             )
             comparison = compare_steps(step, epoch, torch_trace, jax_trace, dtype, mode, tolerances)
             comparisons.append(comparison)
+            if torch_before is not None:
+                where = (torch_model, torch_before, (graphdef, state_before.params, state_before.rest), batch,
+                         dropout.masks)
+                failure = comparison.first_failure
+                if failure is not None and failure[0] in ("loss", "gradient"):
+                    localization, localization_step = _localize(*where, loss=loss, dtype=dtype, step=step), step
+                elif localize and step == 0:
+                    first_step = where
             torch_losses.append(torch_trace.loss)
             jax_losses.append(jax_trace.loss)
             step += 1
@@ -351,8 +370,24 @@ def check_port(
     defaults = {"model": type(torch_model).__name__, "loss": loss if isinstance(loss, str) else "custom loss pair"}
     config = defaults | dict(config or {}) | {"optimizer": optimizer, "scheduler": scheduler,
                                    "scheduler_interval": scheduler_interval, "mode": mode, "dtype": dtype}
+    if localization is None and first_step is not None:
+        localization, localization_step = _localize(*first_step, loss=loss, dtype=dtype, step=0), 0
     return ParityReport(config, dtype, mode, comparisons, summaries, time.perf_counter() - started, versions(),
-                        dict(tolerances or {}), halted)
+                        dict(tolerances or {}), halted, localization, localization_step)
+
+
+def _localize(torch_model, torch_state, jax_model, batch, masks, *, loss, dtype: str, step: int) -> Any:
+    """:func:`parity.localize.localize` on ``batch`` from the weights both sides had before
+    ``step`` (torch's; in resync mode the JAX side's are the same), with that step's masks."""
+    from parity.localize import localize  # imported on first use: it is only needed on a divergence
+
+    model = copy.deepcopy(torch_model)
+    model.load_state_dict(torch_state)
+    try:
+        result = localize(model, jax_model, batch, loss=loss, dtype=dtype, train=True, dropout_masks=masks)
+    except Exception as error:  # a report without the layer table beats no report
+        return f"layer-by-layer localisation of step {step} failed: {type(error).__name__}: {error}"
+    return result
 
 
 @dataclasses.dataclass(frozen=True)
@@ -533,7 +568,7 @@ def run(
         scheduler=spec.scheduler, scheduler_interval=spec.scheduler_interval,
         scheduler_arguments=scheduler_arguments,
         param_groups=[parse_param_group(text) for text in spec.param_groups],
-        val_batches=val_batches, mode=spec.mode, progress=progress, tolerances=tolerances, seed=spec.seed,
+        val_batches=val_batches, mode=spec.mode, progress=progress, tolerances=tolerances, seed=spec.seed, localize=spec.localize,
         config=spec.to_dict() | {"data_name": dataset.name, "train_samples": len(dataset.x_train),
                                  "val_samples": len(dataset.x_val), "input_size": dataset.input_size,
                                  "num_classes": dataset.num_classes},

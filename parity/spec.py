@@ -51,6 +51,9 @@ class RunSpec:
     #: torch parameter groups, each written as its keyword arguments with ``params`` a regular
     #: expression over torch parameter names: ``"params='bias', weight_decay=0.0"``
     param_groups: tuple[str, ...] = ()
+    #: layer-by-layer localisation: None on the first loss/gradient divergence, True also of
+    #: step 0 when nothing diverges, False never (parity.runner.check_port's ``localize``)
+    localize: bool | None = None
 
     def __post_init__(self) -> None:
         for key in ("model", "loss", "optimizer", "scheduler"):

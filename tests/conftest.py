@@ -8,6 +8,8 @@ Compiled XLA programs are kept in pytest's cache directory, one folder per xdist
 writes cache files without a lock, so two processes must not share one): most parity runs
 compile the same few step functions, and a rerun of the suite compiles almost nothing.
 
+Under pytest-xdist each worker runs torch on one thread.
+
 Hypothesis draws the same examples on every run (``derandomize``), so the suite is repeatable;
 a failure message still shows the drawn values, and ``--hypothesis-seed`` explores others.
 """
@@ -16,6 +18,7 @@ import os
 
 import jax
 import pytest
+import torch
 from hypothesis import settings
 
 import parity  # noqa: F401
@@ -25,6 +28,10 @@ settings.load_profile("repeatable")
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # one torch thread per xdist worker: `pytest -n 2` on 2 cores otherwise runs 4 threads,
+        # and torch's small kernels slow down many times when threads outnumber cores
+        torch.set_num_threads(1)
     if getattr(config, "cache", None) is None:  # -p no:cacheprovider
         return
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
