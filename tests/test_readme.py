@@ -53,3 +53,25 @@ def test_readme_tolerance_table_matches_the_code():
             tol = TOLERANCES[key]
             assert (tol.rtol, tol.tensor_rtol, tol.atol) == (float(rtol), float(tensor_rtol), 0.0), key
     assert parity.TOLERANCES is TOLERANCES
+
+
+def test_readme_lbfgs_example_runs_as_torchs_lbfgs(capsys):
+    import numpy as np
+    import torch
+
+    namespace: dict = {"__name__": "readme_example"}
+    exec(compile(blocks("python")[2], "README.md", "exec"), namespace)
+    w = torch.zeros(4, dtype=torch.float32, requires_grad=True)
+    optimizer = torch.optim.LBFGS([w], lr=1, max_iter=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.sum((w - 3.0) ** 2) + torch.sum(w**4)
+        loss.backward()
+        return loss
+
+    for _ in range(3):
+        optimizer.step(closure)
+    np.testing.assert_allclose(np.asarray(namespace["params"]["w"]), w.detach().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(w.detach().numpy(), 1.0, rtol=1e-5)  # 4w^3 + 2w - 6 = 0 at w = 1
+    assert "loss" not in capsys.readouterr().err
