@@ -267,7 +267,10 @@ def check_port(
             # torch: the user's loop, with the gradients read just before optimizer.step()
             torch_lr = float(torch_optimizer.param_groups[0]["lr"])
             torch_hyperparams = _scheduled_hyperparams(torch_optimizer.param_groups, numpy_dtype, torch_scheduler)
-            torch_before = copy.deepcopy(torch_model.state_dict()) if localize is not False and localization is None else None
+            localizing = localize is not False and localization is None
+            # the weights before this step, for localisation: in resync mode they are the JAX
+            # state's (rebuilt only if needed); in free mode the sides differ, so keep torch's
+            torch_before = copy.deepcopy(torch_model.state_dict()) if localizing and mode == "free" else None
             with _first_step_errors(step, "torch"), HarnessDropout(torch_model, seed, step) as dropout:
                 torch_loss, captured = _torch_step(
                     torch_model, torch_criterion, torch_optimizer, names, to_torch(batch)
@@ -317,13 +320,15 @@ def check_port(
             )
             comparison = compare_steps(step, epoch, torch_trace, jax_trace, dtype, mode, tolerances)
             comparisons.append(comparison)
-            if torch_before is not None:
-                where = (torch_model, torch_before, (graphdef, state_before.params, state_before.rest), batch,
+            failure = comparison.first_failure
+            diverged = failure is not None and failure[0] in ("loss", "gradient")
+            if localizing and (diverged or (localize and step == 0)):
+                weights = torch_before if torch_before is not None else _torch_state_dict(converter, state_before)
+                where = (torch_model, weights, (graphdef, state_before.params, state_before.rest), batch,
                          dropout.masks)
-                failure = comparison.first_failure
-                if failure is not None and failure[0] in ("loss", "gradient"):
+                if diverged:
                     localization, localization_step = _localize(*where, loss=loss, dtype=dtype, step=step), step
-                elif localize and step == 0:
+                else:
                     first_step = where
             torch_losses.append(torch_trace.loss)
             jax_losses.append(jax_trace.loss)
@@ -374,6 +379,12 @@ def check_port(
         localization, localization_step = _localize(*first_step, loss=loss, dtype=dtype, step=0), 0
     return ParityReport(config, dtype, mode, comparisons, summaries, time.perf_counter() - started, versions(),
                         dict(tolerances or {}), halted, localization, localization_step)
+
+
+def _torch_state_dict(converter: convert.Converter, state: TrainState) -> dict[str, torch.Tensor]:
+    """torch's ``state_dict`` of the JAX ``state``'s parameters and buffers."""
+    arrays = converter.to_torch(state.params) | converter.to_torch(nnx.filter_state(state.rest, BUFFERS))
+    return {name: torch.from_numpy(np.array(array)) for name, array in arrays.items()}
 
 
 def _localize(torch_model, torch_state, jax_model, batch, masks, *, loss, dtype: str, step: int) -> Any:

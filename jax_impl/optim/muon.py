@@ -79,7 +79,7 @@ def zeropower_via_newtonschulz(
     def matmul(left: jax.Array, right: jax.Array) -> jax.Array:  # bf16 x bf16 -> f32 sums
         return jnp.matmul(left, right, preferred_element_type=f32)
 
-    x = grad.astype(f32).astype(bf16)  # torch: grad.bfloat16(), double -> float -> bfloat16
+    x = grad.astype(f32).astype(bf16)  # as torch casts grad to bfloat16: double -> float -> bfloat16
     tall = grad.shape[0] > grad.shape[1]
     if tall:
         x = x.T  # (rows <= cols)
@@ -89,9 +89,9 @@ def zeropower_via_newtonschulz(
 
     def iteration(_, x):  # x: (r, cols), r <= cols
         gram = matmul(x, x.T).astype(bf16)  # (r, r)
-        # torch.addmm(gram, gram, gram, beta=b, alpha=c): fma(b, gram, c * (gram @ gram))
+        # as torch's addmm of gram, gram, gram with beta=b, alpha=c: fma(b, gram, c * (gram @ gram))
         gram_update = _fma(b, gram.astype(f32), c * matmul(gram, gram)).astype(bf16)  # (r, r)
-        # torch.addmm(x, gram_update, x, beta=a): fma(a, x, gram_update @ x)
+        # as torch's addmm of x, gram_update, x with beta=a: fma(a, x, gram_update @ x)
         return _fma(a, x.astype(f32), matmul(gram_update, x)).astype(bf16)  # (r, cols)
 
     x = jax.lax.fori_loop(0, ns_steps, iteration, x)

@@ -19,6 +19,7 @@ import parity.runner
 from parity.cases._base import BASE, Case
 from parity.cases.models import CNN_TOLERANCES
 from parity.dropout import dropout_mask
+from tests.parity.test_sensitivity_optim import Plant, _describe, _location
 
 DTYPES = ["float64", "float32"]
 
@@ -26,21 +27,6 @@ DTYPES = ["float64", "float32"]
 #: per channel in bn1 (a biased variance is then 1/512 smaller), dropout 0.5 before the head.
 CNN = Case("plant", "model", dataclasses.replace(BASE, model="CNN(channels=4)", epochs=1, steps_per_epoch=2,
                                                  batch_size=8), tolerances=CNN_TOLERANCES)
-
-
-def _location(report: parity.ParityReport) -> tuple[int, str, str] | None:
-    divergence = report.first_divergence
-    if divergence is None:
-        return None
-    step, stage, error = divergence
-    return step.step, stage, error.name
-
-
-def _describe(report: parity.ParityReport) -> str:
-    divergence = report.first_divergence
-    if divergence is None:
-        return "no divergence"
-    return f"step {divergence[0].step}, {divergence[1]}: {divergence[2].describe()}"
 
 
 def _masks_from_another_seed(monkeypatch) -> None:
@@ -89,14 +75,6 @@ def _counter_steps_by_two(monkeypatch) -> None:
         self.num_batches_tracked[...] = self.num_batches_tracked[...] + 1
 
     _with_count(monkeypatch, update)
-
-
-@dataclasses.dataclass(frozen=True)
-class Plant:
-    name: str
-    case: Case
-    plant: Callable[[pytest.MonkeyPatch], None]
-    expected: tuple[int, str, str]  # (first diverging step, stage, tensor)
 
 
 PLANTS = [
