@@ -637,14 +637,26 @@ class LSTM(nnx.Module):
     and ``weight_hh_l{k}`` transposed), ``bias_ih_l{k}``, ``bias_hh_l{k}`` (4H,); all start
     ``U(+-1/sqrt(H))`` as in torch. ``__call__(x, hx=None)`` returns ``(output, (h_n, c_n))``;
     x is (B, T, F) with ``batch_first``, else (T, B, F), or (T, F) unbatched; ``h_n`` and
-    ``c_n`` are (num_layers, B, H). ``dropout``, ``bidirectional`` and ``proj_size`` are not
-    supported.
+    ``c_n`` are (num_layers, B, H). ``bidirectional`` and ``proj_size`` are not supported.
+
+    ``dropout`` drops the output of every layer but the last in training mode, as torch does,
+    with one mask per layer boundary drawn over the time-major (T, B, H) output (torch's CPU
+    kernel runs time-major and draws its mask there); the mask comes from ``dropout_mask`` (a
+    :class:`DropoutMask`, the same mask at every boundary, as a parity harness hands one mask per
+    module) or from ``rngs``' ``dropout`` stream (a fresh mask at each boundary).
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+                 batch_first: bool = False, dropout: float = 0.0, *, rngs: nnx.Rngs, param_dtype=jnp.float32,
+                 deterministic: bool = False):
+        if not 0 <= dropout <= 1 or isinstance(dropout, bool):
+            raise ValueError("dropout should be a number in range [0, 1] representing the probability of an "
+                             "element being zeroed")
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
-        self.bias, self.batch_first = bias, batch_first
+        self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
+        self.deterministic = deterministic
+        self.dropout_mask = DropoutMask(None)
+        self.rngs = _dropout_rngs(self.dropout if num_layers > 1 else 0.0, rngs)
         init = torch_uniform_init(1.0 / math.sqrt(hidden_size) if hidden_size > 0 else 0.0)
         for layer in range(num_layers):
             features = input_size if layer == 0 else hidden_size
@@ -695,6 +707,8 @@ class LSTM(nnx.Module):
             xs, h, c = self._layer(layer, xs, h0[layer], c0[layer])
             hs.append(h)
             cs.append(c)
+            if layer < self.num_layers - 1 and not self.deterministic:  # (T, B, H) between layers
+                xs = _apply_dropout(xs, self.dropout, self.dropout_mask.get_value(), self.rngs, "LSTM")
         h_n, c_n = jnp.stack(hs), jnp.stack(cs)  # (num_layers, B, H)
         if unbatched:
             return xs[:, 0], (h_n[:, 0], c_n[:, 0])

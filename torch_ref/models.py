@@ -106,15 +106,17 @@ class TransformerClassifier(nn.Module):
 
 class LSTMClassifier(nn.Module):
     """``nn.LSTM(batch_first=True)`` over the rows of a square image (or ``seq_len`` steps of
-    ``input_size // seq_len`` features), Linear on the last step's output."""
+    ``input_size // seq_len`` features), Linear on the last step's output; ``dropout`` between
+    stacked LSTM layers (``nn.LSTM``'s own)."""
 
     def __init__(self, input_size: int = 784, num_classes: int = 10, hidden_size: int = 64, num_layers: int = 1,
-                 seq_len: int | None = None):
+                 seq_len: int | None = None, dropout: float = 0.0):
         super().__init__()
         self.seq_len = seq_len or image_side(input_size)
         if input_size % self.seq_len:
             raise ValueError(f"input_size={input_size} is not a multiple of seq_len={self.seq_len}")
-        self.lstm = nn.LSTM(input_size // self.seq_len, hidden_size, num_layers, batch_first=True)
+        self.lstm = nn.LSTM(input_size // self.seq_len, hidden_size, num_layers, batch_first=True,
+                            dropout=dropout)
         self.fc = nn.Linear(hidden_size, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

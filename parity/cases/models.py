@@ -75,6 +75,6 @@ CASES = (
     _case("pre-norm+relu/Adam", f"{TRANSFORMER}, num_layers=2, norm_first=True)", ADAM),
     _case("1-layer/SGD", f"{LSTM})", SGD),
     _case("1-layer/Adam", f"{LSTM})", ADAM),
-    _case("2-layers/SGD", f"{LSTM}, num_layers=2)", SGD),
-    _case("2-layers/Adam", f"{LSTM}, num_layers=2)", ADAM),
+    _case("2-layers+dropout/SGD", f"{LSTM}, num_layers=2, dropout=0.25)", SGD),
+    _case("2-layers+dropout/Adam", f"{LSTM}, num_layers=2, dropout=0.25)", ADAM),
 )

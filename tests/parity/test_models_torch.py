@@ -47,7 +47,8 @@ CASES = {
                                                                 dim_feedforward=16, dropout=0.2, activation="gelu",
                                                                 norm_first=True), (4, 10)),
     "lstm_1_layer": ("LSTMClassifier", dict(input_size=64, hidden_size=8), (5, 64)),
-    "lstm_2_layers_steps_of_16": ("LSTMClassifier", dict(input_size=64, hidden_size=8, num_layers=2, seq_len=4),
+    "lstm_2_layers_dropout_steps_of_16": ("LSTMClassifier", dict(input_size=64, hidden_size=8, num_layers=2, seq_len=4,
+                                                                   dropout=0.3),
                                   (5, 64)),
 }
 
@@ -78,7 +79,7 @@ def _no_grad(model, x):
 
 
 @pytest.mark.parametrize(("case", "dtype"), with_dtypes(CASES, ["cnn_digits_8x8", "transformer_relu_post_norm",
-                                                              "lstm_2_layers_steps_of_16"]))
+                                                              "lstm_2_layers_dropout_steps_of_16"]))
 def test_train_steps_then_eval(case: str, dtype: str):
     """Two training steps (dropout masks from torch; outputs, gradients and BatchNorm buffers
     compared after each), then eval mode as a torch user evaluates: under torch.no_grad()
@@ -169,7 +170,7 @@ def test_whole_state_dict_converts_both_ways(case: str):
 
 
 @pytest.mark.parametrize("case", ["cnn_digits_8x8", "transformer_relu_post_norm", "transformer_gelu_pre_norm",
-                                  "lstm_1_layer", "lstm_2_layers_steps_of_16"])
+                                  "lstm_1_layer", "lstm_2_layers_dropout_steps_of_16"])
 def test_a_jax_initialised_model_runs_in_torch(case: str):
     """JAX -> torch on values of JAX's own making: the JAX model's torch-default init (not
     torch's draw) and the BatchNorm statistics it tracked in a training-mode pass, loaded with
