@@ -1213,6 +1213,10 @@ class LinearCrossEntropyLoss(nnx.Module):
                              rngs=_rngs(rngs), param_dtype=param_dtype)
         self.weight = None if weight is None else nnx.Variable(weight.astype(param_dtype))
 
+    def logits(self, input: jax.Array) -> jax.Array:
+        """The linear layer's output reshaped to (N, C, d1, ...): the class scores."""
+        return self.linear(input).reshape(input.shape[:-1] + (self.num_classes, *self.out_features))
+
     def __call__(self, input: jax.Array, target: jax.Array) -> jax.Array:
         kernel = self.linear.kernel[...]  # (F, C * d1 * ...)
         linear_weight = kernel.T.reshape((self.num_classes, *self.out_features, kernel.shape[0]))
@@ -1254,6 +1258,14 @@ LOSSES: dict[str, Callable[..., LossFn | nnx.Module]] = {
     "TripletMarginLoss": TripletMarginLoss,
     "TripletMarginWithDistanceLoss": TripletMarginWithDistanceLoss,
 }
+
+
+def carries_parameters(spec: str | CallSpec) -> bool:
+    """Whether the loss of ``spec`` has parameters of its own (``AdaptiveLogSoftmaxWithLoss``,
+    ``LinearCrossEntropyLoss``): :func:`from_torch` then returns an ``nnx.Module`` to train
+    with the model (:class:`jax_impl.models.WithLoss`)."""
+    builder, _ = build_from_registry(spec, LOSSES, kind="loss")
+    return isinstance(builder, type)
 
 
 def from_torch(spec: str | CallSpec, **arguments: Any) -> LossFn | nnx.Module:

@@ -87,7 +87,7 @@ def make_train_step(
 
 def make_objective(graphdef: nnx.GraphDef, loss_fn: LossFn) -> Callable[..., Any]:
     """``objective(params, rest, batch) -> (loss, (logits, rest))``: the model in train mode on
-    ``batch``; ``rest`` comes back with the updates the forward pass made (BatchNorm's
+    ``batch`` (``loss_fn=None``: the model's own ``loss``, :class:`jax_impl.models.WithLoss`); ``rest`` comes back with the updates the forward pass made (BatchNorm's
     statistics). Differentiate it with ``jax.value_and_grad(objective, has_aux=True)``."""
 
     def objective(params: nnx.State, rest: nnx.State, batch: Batch):
@@ -95,11 +95,20 @@ def make_objective(graphdef: nnx.GraphDef, loss_fn: LossFn) -> Callable[..., Any
         # copy=True: fresh Variables at this trace level, so BatchNorm may update its stats
         model = nnx.merge(graphdef, params, rest, copy=True)
         model.train()
-        logits = model(inputs)
+        loss, logits = _loss_and_scores(model, loss_fn, inputs, targets)
         _, _, rest = nnx.split(model, nnx.Param, ...)
-        return loss_fn(logits, targets), (logits, rest)
+        return loss, (logits, rest)
 
     return objective
+
+
+def _loss_and_scores(model: nnx.Module, loss_fn: LossFn | None, inputs: jax.Array, targets: jax.Array):
+    """``(loss, class scores)`` of ``model`` on a batch; with ``loss_fn=None`` the model computes
+    its own loss (:class:`jax_impl.models.WithLoss`, a loss that carries parameters)."""
+    outputs = model(inputs)
+    if loss_fn is None:
+        return model.loss(outputs, targets), model.scores(outputs)
+    return loss_fn(outputs, targets), outputs
 
 
 def _closure_args(objective: Callable[..., Any], rest: nnx.State, batch: Batch, loss: jax.Array) -> dict[str, Any]:
@@ -153,7 +162,7 @@ def make_eval_step(
         inputs, targets = batch
         model = nnx.merge(graphdef, state.params, state.rest)
         model.eval()
-        logits = model(inputs)
-        return {"loss": loss_fn(logits, targets), "correct": _correct(logits, targets)}
+        loss, logits = _loss_and_scores(model, loss_fn, inputs, targets)
+        return {"loss": loss, "correct": _correct(logits, targets)}
 
     return jax.jit(eval_step) if jit else eval_step

@@ -32,7 +32,7 @@ import jax_impl.schedules
 from jax_impl.checkpoint import leaves_by_path
 from jax_impl.layers import DropoutMask
 from jax_impl.loop import evaluate as jax_evaluate
-from jax_impl.spec import SpecError
+from jax_impl.spec import SpecError, parse_call
 from jax_impl.step import TrainState, make_eval_step, make_objective, make_train_step, make_update_step
 from parity import convert, data
 from parity.dropout import HarnessDropout, hand_masks_to_jax
@@ -199,6 +199,9 @@ def check_port(
     steps_per_epoch = _epoch_lengths(epochs, scheduler, scheduler_interval)
     dtype = _dtype_name(torch_model)
     numpy_dtype = DTYPES[dtype][2]
+    with_loss = isinstance(loss, str) and jax_impl.losses.carries_parameters(loss)
+    if with_loss:  # the loss's parameters train with the model's, as model.* and criterion.*
+        torch_model, jax_model, converter = _with_loss(torch_model, jax_model, loss, dtype, seed, converter)
     converter = converter or convert.Converter.from_torch_module(torch_model)
     names = {parameter: name for name, parameter in torch_model.named_parameters()}
 
@@ -207,7 +210,8 @@ def check_port(
     _check_jax_dtype(params, dtype)
     params = converter.to_jax(_torch_params(torch_model), params, what="parameters")
     rest = _load_buffers(converter, _torch_buffers(torch_model), rest)
-    jax_loss = jax_impl.losses.from_torch(loss) if isinstance(loss, str) else loss[1]
+    jax_loss = (None if with_loss  # WithLoss computes its own loss
+                else jax_impl.losses.from_torch(loss) if isinstance(loss, str) else loss[1])
     groups = ParamGroups.assign(list(names.values()), param_groups or ())
     layout = convert.torch_layout(converter)  # Adafactor and Muon act on torch's axes
     jax_impl.optim.from_torch(optimizer, param_groups=groups.jax_groups(converter), layout=layout)  # checks values
@@ -229,7 +233,8 @@ def check_port(
     closure = jax_impl.optim.needs_closure(optimizer)  # LBFGS: optimizer.step(closure)
 
     # torch side, exactly as a PyTorch user builds it
-    torch_criterion = build_torch_loss(loss, dtype) if isinstance(loss, str) else loss[0]
+    torch_criterion = (torch_model.loss if with_loss
+                       else build_torch_loss(loss, dtype) if isinstance(loss, str) else loss[0])
     torch_optimizer = build_torch_optimizer(optimizer, groups.torch_params(torch_model))
     torch_scheduler = (build_torch_scheduler(scheduler, torch_optimizer, scheduler_arguments)
                        if scheduler else None)
@@ -381,6 +386,33 @@ def check_port(
                         dict(tolerances or {}), halted, localization, localization_step)
 
 
+def _with_loss(torch_model: torch.nn.Module, jax_model: nnx.Module, loss: str, dtype: str, seed: int,
+               converter: convert.Converter | None) -> tuple[torch.nn.Module, nnx.Module, convert.Converter | None]:
+    """Both models joined with their loss, which carries parameters: ``WithLoss(model, criterion)``
+    on each side, torch's criterion initialised from ``seed``; a user's converter for the models
+    is extended to the joined ones (``model.*``; the criterion's by the built-in rules)."""
+    from jax_impl.models import WithLoss as JaxWithLoss
+    from torch_ref.models import WithLoss as TorchWithLoss
+
+    torch_dtype, jax_dtype, _ = DTYPES[dtype]
+    torch.manual_seed(seed)
+    torch_criterion = build_torch_loss(loss, dtype).to(torch_dtype)
+    try:
+        jax_criterion = jax_impl.losses.from_torch(loss, dtype=jax_dtype, rngs=nnx.Rngs(seed))
+    except SpecError as error:
+        raise SpecError(f"{error} (the harness sets the loss's dtype to the run's)") from None
+    torch_joined = TorchWithLoss(torch_model, torch_criterion)
+    if converter is not None:
+        criterion_rules = convert.Converter.from_torch_module(torch_criterion)
+        mapping = ({f"model.{name}": (f"model/{path}", rule) for name, (path, rule) in converter.mapping.items()}
+                   | {f"criterion.{name}": (f"criterion/{path}", rule)
+                      for name, (path, rule) in criterion_rules.mapping.items()})
+        integers = ({f"model.{name}": d for name, d in converter.integer_dtypes.items()}
+                    | {f"criterion.{name}": d for name, d in criterion_rules.integer_dtypes.items()})
+        converter = convert.Converter(mapping, integers)
+    return torch_joined, JaxWithLoss(jax_model, jax_criterion), converter
+
+
 def _torch_state_dict(converter: convert.Converter, state: TrainState) -> dict[str, torch.Tensor]:
     """torch's ``state_dict`` of the JAX ``state``'s parameters and buffers."""
     arrays = converter.to_torch(state.params) | converter.to_torch(nnx.filter_state(state.rest, BUFFERS))
@@ -392,8 +424,16 @@ def _localize(torch_model, torch_state, jax_model, batch, masks, *, loss, dtype:
     ``step`` (torch's; in resync mode the JAX side's are the same), with that step's masks."""
     from parity.localize import localize  # imported on first use: it is only needed on a divergence
 
+    from torch_ref.models import WithLoss
+
     model = copy.deepcopy(torch_model)
     model.load_state_dict(torch_state)
+    if isinstance(model, WithLoss):  # the models layer by layer, each side's criterion as its loss
+        joined = nnx.merge(*jax_model)
+        graphdef, params, rest = nnx.split(joined.model, nnx.Param, ...)
+        loss = (model.loss, joined.loss)
+        model, jax_model = model.model, (graphdef, params, rest)
+        masks = {name.removeprefix("model."): mask for name, mask in masks.items()}
     try:
         result = localize(model, jax_model, batch, loss=loss, dtype=dtype, train=True, dropout_masks=masks)
     except Exception as error:  # a report without the layer table beats no report
@@ -557,7 +597,7 @@ def run(
     """
     dataset = data.load(spec.data, spec.seed)
     torch_model, jax_model = build_models(
-        spec.model, input_size=dataset.input_size, num_classes=dataset.num_classes,
+        spec.model, input_size=dataset.input_size, num_classes=_model_outputs(spec.loss, dataset.num_classes),
         seed=spec.seed, dtype=spec.dtype,
     )
     if getattr(torch_model, "takes_tokens", False):  # a Transformer: integer tokens, not features
@@ -584,3 +624,18 @@ def run(
                                  "val_samples": len(dataset.x_val), "input_size": dataset.input_size,
                                  "num_classes": dataset.num_classes},
     )
+
+
+def _model_outputs(loss: str, num_classes: int) -> int:
+    """How many outputs the model needs: the classes, or for a loss that carries parameters
+    its ``in_features`` (the loss must then have the data's number of classes)."""
+    if not jax_impl.losses.carries_parameters(loss):
+        return num_classes
+    call = parse_call(loss)
+    classes_key = "n_classes" if call.name == "AdaptiveLogSoftmaxWithLoss" else "num_classes"
+    for key in ("in_features", classes_key):
+        if not isinstance(call.kwargs.get(key), int):
+            raise SpecError(f"loss {call}: give {key}= as a keyword (the model's outputs are its in_features)")
+    if call.kwargs[classes_key] != num_classes:
+        raise SpecError(f"loss {call}: {classes_key}={call.kwargs[classes_key]} but the data has {num_classes} classes")
+    return call.kwargs["in_features"]

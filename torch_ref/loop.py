@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from torch_ref.models import WithLoss
+
 __all__ = ["train_step", "train_one_epoch", "evaluate", "train", "train_with_validation", "save_state_dict"]
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -79,7 +81,8 @@ def evaluate(model: nn.Module, criterion, batches: Batches) -> tuple[float, floa
         for inputs, targets in batches:
             outputs = model(inputs)
             val_loss += criterion(outputs, targets).item()
-            correct += (outputs.argmax(dim=1) == targets).sum().item()
+            scores = model.scores(outputs) if isinstance(model, WithLoss) else outputs  # (B, classes)
+            correct += (scores.argmax(dim=1) == targets).sum().item()
             total += targets.size(0)
             count += 1
     if count == 0:

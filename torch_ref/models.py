@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["MODELS", "SimpleNN", "CNN", "TransformerClassifier", "LSTMClassifier", "image_side"]
+__all__ = ["MODELS", "SimpleNN", "CNN", "TransformerClassifier", "LSTMClassifier", "WithLoss", "image_side"]
 
 
 class SimpleNN(nn.Module):
@@ -123,6 +123,36 @@ class LSTMClassifier(nn.Module):
         x = x.reshape(x.shape[0], self.seq_len, -1)  # (B, T, F)
         out, _ = self.lstm(x)  # (B, T, H)
         return self.fc(out[:, -1])  # (B, num_classes)
+
+
+class WithLoss(nn.Module):
+    """A model and a loss that carries parameters (``nn.AdaptiveLogSoftmaxWithLoss``,
+    ``nn.LinearCrossEntropyLoss``), trained together as a PyTorch user trains them: one optimizer
+    over ``[*model.parameters(), *criterion.parameters()]``. The model's outputs are the loss's
+    input features.
+
+    ``forward(x)`` is the model's; :meth:`loss` is the criterion's (the ``.loss`` of
+    ``AdaptiveLogSoftmaxWithLoss``'s output); :meth:`scores` gives per-class scores for accuracy.
+    Parameter names are ``model.*`` and ``criterion.*``.
+    """
+
+    def __init__(self, model: nn.Module, criterion: nn.Module):
+        super().__init__()
+        self.model, self.criterion = model, criterion
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)  # (B, in_features): the loss's input
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        result = self.criterion(outputs, targets)
+        return result.loss if isinstance(self.criterion, nn.AdaptiveLogSoftmaxWithLoss) else result
+
+    def scores(self, outputs: torch.Tensor) -> torch.Tensor:
+        """(B, num_classes): ``log_prob`` of AdaptiveLogSoftmaxWithLoss, the linear layer's logits
+        of LinearCrossEntropyLoss."""
+        if isinstance(self.criterion, nn.AdaptiveLogSoftmaxWithLoss):
+            return self.criterion.log_prob(outputs)
+        return self.criterion.linear(outputs)
 
 
 #: model name -> nn.Module class (names mirror jax_impl.models.MODELS)

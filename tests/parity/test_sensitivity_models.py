@@ -11,9 +11,12 @@ import itertools
 import math
 from collections.abc import Callable
 
+import jax
 import pytest
+from flax import nnx
 
 import jax_impl.layers as L
+import jax_impl.models.with_loss
 import parity
 import parity.runner
 from parity.cases._base import BASE, Case
@@ -77,6 +80,21 @@ def _counter_steps_by_two(monkeypatch) -> None:
     _with_count(monkeypatch, update)
 
 
+#: SimpleNN's 16 outputs feed LinearCrossEntropyLoss's own Linear(16, 10): the loss trains with the model
+WITH_LOSS = Case("plant", "loss", dataclasses.replace(
+    BASE, loss="LinearCrossEntropyLoss(in_features=16, num_classes=10, bias=True)", epochs=1, steps_per_epoch=2))
+
+
+def _criterion_not_trained(monkeypatch) -> None:
+    """The loss's own parameters enter the loss as constants (a port that closes over a copy of
+    the loss module, or leaves it out of the differentiated state): torch trains them."""
+    def loss(self, outputs, targets):
+        graphdef, state = nnx.split(self.criterion)
+        return nnx.merge(graphdef, jax.lax.stop_gradient(state))(outputs, targets)
+
+    monkeypatch.setattr(jax_impl.models.with_loss.WithLoss, "loss", loss)
+
+
 PLANTS = [
     # another mask changes the head's input, so the loss of step 0 already differs
     Plant("dropout mask from another seed", CNN, _masks_from_another_seed, (0, "loss", "loss")),
@@ -86,6 +104,9 @@ PLANTS = [
     Plant("BatchNorm biased running variance", CNN, _biased_running_var, (0, "buffers", "bn1.running_var")),
     # momentum 0.1 does not read the counter: mean and variance agree, the counter is 2, not 1
     Plant("num_batches_tracked += 2", CNN, _counter_steps_by_two, (0, "buffers", "bn1.num_batches_tracked")),
+    # the model's gradients (through the loss's input) agree; the loss's weight gets zero, not torch's
+    Plant("loss parameters not trained", WITH_LOSS, _criterion_not_trained,
+          (0, "gradient", "criterion.linear.weight")),
 ]
 
 
