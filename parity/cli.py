@@ -85,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
                      help="compare the models layer by layer on the first step whose loss or gradients diverge "
                           "(default: on when one does); --localize also shows step 0's layers when nothing "
                           "diverges, --no-localize turns it off")
+    run.add_argument("--rounding-reference", action=argparse.BooleanOptionalAction,
+                     default=defaults.rounding_reference,
+                     help="float32: also run each step in float64 on a replica of the torch model to measure "
+                          "torch's own gradient rounding, and let JAX differ by up to 4x that "
+                          "(a gradient that cancels to nearly zero is judged at its rounding, not flagged)")
     run.add_argument("--json", metavar="PATH", help="write the full report as JSON")
     run.add_argument("--plot", metavar="PATH", help="write a PNG of losses and per-stage errors over steps")
     run.add_argument("--all-steps", action="store_true", help="print every step's row, not a sample")
@@ -129,7 +134,7 @@ def _run(args: argparse.Namespace) -> int:
             scheduler_interval=args.scheduler_interval, epochs=args.epochs,
             steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, seed=args.seed,
             dtype=args.dtype, mode=args.mode, data=args.data, param_groups=tuple(args.param_groups),
-            localize=args.localize,
+            localize=args.localize, rounding_reference=args.rounding_reference,
         )
         console = Console()
         if not console.is_terminal:  # a pipe or file: wide enough for the tables, no colour codes

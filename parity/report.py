@@ -203,6 +203,7 @@ def _tensor_json(error: TensorError) -> dict[str, Any]:
         "max_rel": _number(error.max_rel), "tolerance_ratio": _number(error.ratio), "index": list(error.index),
         "torch_value": _number(error.torch_value), "jax_value": _number(error.jax_value),
         "mismatched": error.mismatched, "size": error.size, "problem": error.problem or None,
+        "rounding_allowance": _number(error.rounding),
     }
 
 

@@ -36,6 +36,7 @@ from jax_impl.spec import SpecError, parse_call
 from jax_impl.step import TrainState, make_eval_step, make_objective, make_train_step, make_update_step
 from parity import convert, data
 from parity.dropout import HarnessDropout, hand_masks_to_jax
+from parity.rounding import RoundingReference, rounding_errors
 from parity.compare import StepComparison, Tolerance, compare_steps, compare_tensors, tolerance
 from parity.spec import DTYPES, INTERVALS, MODES, RunSpec, build_models, parse_param_group, build_torch_loss, build_torch_optimizer, build_torch_scheduler
 from parity.trace import StepTrace
@@ -159,6 +160,7 @@ def check_port(
     tolerances: Mapping[tuple[str, str], Tolerance] | None = None,
     seed: int = 0,
     localize: bool | None = None,
+    rounding_reference: bool = True,
 ) -> ParityReport:
     """Train ``torch_model`` and ``jax_model`` side by side and compare every step.
 
@@ -188,6 +190,11 @@ def check_port(
       localize: compare the models layer by layer (module outputs, input gradients, buffers) on
         the first step whose loss or gradients diverge; None (default) does so when one does,
         True also localises step 0 when nothing diverges, False never.
+      rounding_reference: in float32, also run each step's forward and backward pass in float64
+        on a replica of the torch model (same weights, batch and masks) to measure torch's own
+        rounding error of every gradient; a JAX gradient within
+        :data:`~parity.compare.ROUNDING_FACTOR` times it passes (:mod:`parity.rounding`). Costs
+        one float64 pass per step; has no effect in float64.
       seed: the stream of the dropout masks (:mod:`parity.dropout`): during each torch step
         every mask torch draws is replaced by the harness's mask for (seed, step, module), and
         the JAX model's dropout layers get the same masks before its step.
@@ -239,6 +246,8 @@ def check_port(
     torch_scheduler = (build_torch_scheduler(scheduler, torch_optimizer, scheduler_arguments)
                        if scheduler else None)
     group_names = convert.torch_param_groups(torch_optimizer, names)
+    reference = (RoundingReference(torch_model, _reference_criterion(loss, with_loss))
+                 if dtype == "float32" and rounding_reference else None)
     flat_order = convert.FlatOrder.build(converter, params, [n for g in group_names for n in g]) if closure else None
     plateau_states = [plateau.init() for plateau in plateaus] if plateaus else None
     state = TrainState(params, rest, tx.init(params))
@@ -276,6 +285,8 @@ def check_port(
             # the weights before this step, for localisation: in resync mode they are the JAX
             # state's (rebuilt only if needed); in free mode the sides differ, so keep torch's
             torch_before = copy.deepcopy(torch_model.state_dict()) if localizing and mode == "free" else None
+            with _first_step_errors(step, "torch"):  # torch's float64 gradients at these weights
+                reference_grads = reference.gradients(torch_model, to_torch(batch), seed, step) if reference else None
             with _first_step_errors(step, "torch"), HarnessDropout(torch_model, seed, step) as dropout:
                 torch_loss, captured = _torch_step(
                     torch_model, torch_criterion, torch_optimizer, names, to_torch(batch)
@@ -323,7 +334,8 @@ def check_port(
                 buffers=converter.to_torch(nnx.filter_state(state.rest, BUFFERS)),
                 hyperparams=_scheduled_hyperparams(_jax_param_groups(state.opt_state), numpy_dtype, torch_scheduler),
             )
-            comparison = compare_steps(step, epoch, torch_trace, jax_trace, dtype, mode, tolerances)
+            rounding = rounding_errors(torch_trace.grads, reference_grads) if reference_grads else None
+            comparison = compare_steps(step, epoch, torch_trace, jax_trace, dtype, mode, tolerances, rounding)
             comparisons.append(comparison)
             failure = comparison.first_failure
             diverged = failure is not None and failure[0] in ("loss", "gradient")
@@ -384,6 +396,14 @@ def check_port(
         localization, localization_step = _localize(*first_step, loss=loss, dtype=dtype, step=0), 0
     return ParityReport(config, dtype, mode, comparisons, summaries, time.perf_counter() - started, versions(),
                         dict(tolerances or {}), halted, localization, localization_step)
+
+
+def _reference_criterion(loss: str | tuple[Callable, Callable], with_loss: bool) -> Callable:
+    """``(float64 replica, outputs, targets) -> loss`` for :class:`parity.rounding.RoundingReference`."""
+    if with_loss:
+        return lambda replica, outputs, targets: replica.loss(outputs, targets)
+    criterion = build_torch_loss(loss, "float64") if isinstance(loss, str) else loss[0]
+    return lambda replica, outputs, targets: criterion(outputs, targets)
 
 
 def _with_loss(torch_model: torch.nn.Module, jax_model: nnx.Module, loss: str, dtype: str, seed: int,
@@ -619,7 +639,8 @@ def run(
         scheduler=spec.scheduler, scheduler_interval=spec.scheduler_interval,
         scheduler_arguments=scheduler_arguments,
         param_groups=[parse_param_group(text) for text in spec.param_groups],
-        val_batches=val_batches, mode=spec.mode, progress=progress, tolerances=tolerances, seed=spec.seed, localize=spec.localize,
+        val_batches=val_batches, mode=spec.mode, progress=progress, tolerances=tolerances, seed=spec.seed,
+        localize=spec.localize, rounding_reference=spec.rounding_reference,
         config=spec.to_dict() | {"data_name": dataset.name, "train_samples": len(dataset.x_train),
                                  "val_samples": len(dataset.x_val), "input_size": dataset.input_size,
                                  "num_classes": dataset.num_classes},

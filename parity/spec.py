@@ -54,6 +54,9 @@ class RunSpec:
     #: layer-by-layer localisation: None on the first loss/gradient divergence, True also of
     #: step 0 when nothing diverges, False never (parity.runner.check_port's ``localize``)
     localize: bool | None = None
+    #: float32: measure torch's own gradient rounding each step on a float64 replica, and allow
+    #: a multiple of it (parity.runner.check_port's ``rounding_reference``)
+    rounding_reference: bool = True
 
     def __post_init__(self) -> None:
         for key in ("model", "loss", "optimizer", "scheduler"):
