@@ -209,15 +209,15 @@ TORCH = "torch eager"
 
 #: The styles, torch's first (its ``run`` is None: torch runs in :func:`run_styles` itself).
 STYLES: tuple[Style, ...] = (
-    Style(TORCH, "model, optimizer (mutated in place); scheduler.step() by the loop",
+    Style(TORCH, "model, optimizer, scheduler (mutated in place)",
           (torch_loop.train_step,), None),  # type: ignore[arg-type]
-    Style("JAX functional (jit)", "TrainState(params, rest, opt_state) in and out; the lr schedule inside tx",
+    Style("JAX functional (jit)", "TrainState(params, rest, opt_state) in and out",
           _functional_code(), run_functional),
-    Style("NNX stateful (nnx.jit)", "model, nnx.Optimizer (mutated in place); the lr schedule inside tx",
+    Style("NNX stateful (nnx.jit)", "model, nnx.Optimizer (mutated in place)",
           (jax_impl.stateful.make_nnx_train_step,), run_nnx),
-    Style("NNX stateful (cached)", "model, nnx.Optimizer bound once (mutated in place); only the batch per call",
+    Style("NNX stateful (cached)", "model, nnx.Optimizer bound once; the batch per call",
           (jax_impl.stateful.make_nnx_train_step, jax_impl.stateful.make_cached_nnx_train_step), run_nnx_cached),
-    Style("JAX functional (no jit)", "TrainState(params, rest, opt_state) in and out; op by op",
+    Style("JAX functional (no jit)", "TrainState(params, rest, opt_state) in and out",
           _functional_code(), lambda setup: run_functional(setup, jit=False)),
 )
 
@@ -406,3 +406,98 @@ def run_styles(spec: RunSpec, styles: Sequence[Style] = STYLES,
     config.pop("mode")
     config.pop("localize")
     return StylesReport(config, spec.dtype, results, versions())
+
+
+# ------------------------------------------------------------------------------------------
+# Showing the report
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:.2f} s" if seconds >= 1 else f"{seconds * 1e3:.3g} ms"
+
+
+def _difference_text(difference: tuple[int, str, TensorError]) -> str:
+    step, stage, error = difference
+    return f"step {step}, {stage}: {error.describe()}"
+
+
+def table(report: StylesReport):
+    """One row per style: agreement with torch, time per step, first call, code, state held."""
+    from rich import box
+    from rich.table import Table
+
+    functional = next((s for s in report.styles if s.name == "JAX functional (jit)"), None)
+    reference = functional.median_step_seconds if functional is not None else None
+    result = Table(title=f"Training styles, {report.dtype}, {report.config['steps']} steps", box=box.SIMPLE_HEAD)
+    for header in ("style", "vs torch", "step (median)", "/ functional", "first call", "code lines",
+                   "state the user holds and passes"):
+        justify = "right" if header in ("step (median)", "/ functional", "first call", "code lines") else "left"
+        result.add_column(header, justify=justify, overflow="fold")
+    for style in report.styles:
+        if style.name == TORCH:
+            verdict = "[dim]reference[/]"
+        else:
+            verdict = "[green]same[/]" if style.ok else f"[bold red]differs at step {style.difference[0]}[/]"
+        ratio = (f"{style.median_step_seconds / reference:.2f}x"
+                 if reference and style.median_step_seconds is not None else "-")
+        result.add_row(style.name, verdict, _ms(style.median_step_seconds), ratio, _ms(style.first_call_seconds),
+                       str(style.code_lines), style.holds)
+    return result
+
+
+def render(report: StylesReport, console, *, show_code: bool = False, styles: Sequence[Style] = STYLES) -> None:
+    console.print(table(report))
+    for style in report.differing:
+        console.print(f"[bold red]{style.name} differs from torch[/] at {_difference_text(style.difference)}")
+    if report.ok:
+        console.print(f"all {len(report.styles) - 1} JAX styles agree with torch on every step "
+                      f"(losses, parameters and buffers; free-mode {report.dtype} tolerances)")
+    console.print("times: median over the steps after the first (noisy on a shared machine); first call includes "
+                  "compilation. Code lines: the functions below, without docstrings, comments and blank lines.")
+    if show_code:
+        from rich.panel import Panel
+        from rich.syntax import Syntax
+
+        for style in styles:
+            source = "\n\n".join(code_source(function) for function in style.code)
+            names = ", ".join(_qualified(function) for function in style.code)
+            console.print(Panel(Syntax(source, "python", theme="ansi_dark", background_color="default"),
+                                title=f"{style.name}: {names}", title_align="left"))
+
+
+def to_json(report: StylesReport) -> dict[str, Any]:
+    def difference(style: StyleResult) -> dict[str, Any] | None:
+        if style.difference is None:
+            return None
+        step, stage, error = style.difference
+        return {"step": step, "stage": stage, "tensor": error.name, "index": list(error.index),
+                "max_abs": _finite(error.max_abs), "max_rel": _finite(error.max_rel),
+                "description": error.describe()}
+
+    return {
+        "schema": SCHEMA,
+        "ok": report.ok,
+        "config": report.config,
+        "dtype": report.dtype,
+        "styles": [{"name": s.name, "ok": s.ok, "difference": difference(s),
+                    "median_step_seconds": s.median_step_seconds, "first_call_seconds": s.first_call_seconds,
+                    "code_lines": s.code_lines, "code": list(s.code), "holds": s.holds, "losses": s.losses}
+                   for s in report.styles],
+        "versions": report.versions,
+    }
+
+
+def _finite(value: float) -> float | str:
+    return value if np.isfinite(value) else str(value)
+
+
+def write_json(report: StylesReport, path) -> None:
+    """The report as JSON, atomically (the file appears complete or not at all)."""
+    import json
+
+    from jax_impl.checkpoint import atomic_path
+
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(to_json(report), indent=2) + "\n")
