@@ -379,11 +379,12 @@ def _result(style: Style, run: StyleRun, difference) -> StyleResult:
     )
 
 
-def run_styles(spec: RunSpec, styles: Sequence[Style] = STYLES,
+def run_styles(spec: RunSpec, styles: Sequence[Style] | None = None,
                progress: Callable[[str], None] | None = None) -> StylesReport:
     """Train ``spec``'s configuration in torch, then in each JAX style of ``styles`` from the
     same initial weights, batches and dropout masks, and compare every step with torch's
     (``spec.mode`` is ignored: the styles always run free). ``styles`` must start with torch's."""
+    styles = STYLES if styles is None else styles
     if not styles or styles[0].name != TORCH:
         raise SpecError(f"styles must start with {TORCH!r}, the reference")
     _check_supported(spec)
@@ -447,7 +448,7 @@ def table(report: StylesReport):
     return result
 
 
-def render(report: StylesReport, console, *, show_code: bool = False, styles: Sequence[Style] = STYLES) -> None:
+def render(report: StylesReport, console, *, show_code: bool = False, styles: Sequence[Style] | None = None) -> None:
     console.print(table(report))
     for style in report.differing:
         console.print(f"[bold red]{style.name} differs from torch[/] at {_difference_text(style.difference)}")
@@ -460,7 +461,7 @@ def render(report: StylesReport, console, *, show_code: bool = False, styles: Se
         from rich.panel import Panel
         from rich.syntax import Syntax
 
-        for style in styles:
+        for style in STYLES if styles is None else styles:
             source = "\n\n".join(code_source(function) for function in style.code)
             names = ", ".join(_qualified(function) for function in style.code)
             console.print(Panel(Syntax(source, "python", theme="ansi_dark", background_color="default"),
