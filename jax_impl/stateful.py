@@ -11,11 +11,18 @@ returns only its metrics. With ``tx = jax_impl.optim.from_torch(...)`` (and a sc
 ``jax_impl.schedules.from_torch`` as its ``lr``) it trains with torch's exact semantics.
 
 Each call of an ``nnx.jit`` function walks the model's object graph in Python to split it into
-arrays and merge the result back. Flax's performance guide removes that walk from the loop:
-:func:`make_cached_nnx_train_step` does so with ``nnx.cached_partial``, which walks the graph
-once when the step is built and then returns ``step(batch) -> metrics``. What it costs in code:
-one more line to build the step, and the model's structure must not change between calls
-(no layer added, no attribute replaced by another type), which ``cached_partial`` checks.
+arrays and merge the result back. Flax's performance guide offers two ways to take that walk
+out of the loop, at a cost in code:
+
+- :func:`make_cached_nnx_train_step`: ``nnx.cached_partial`` walks the graph once when the step
+  is built; ``step(batch) -> metrics`` still updates the model in place. Cost: one more line,
+  and the model's structure must not change between calls (``cached_partial`` checks it).
+  Each call still matches the cached Variables to arrays in Python.
+- :func:`make_split_nnx_train_step`: split ``(model, optimizer)`` once into a graph definition
+  and a state, and ``jax.jit`` a step that merges, steps and splits inside the compiled
+  function: ``state, metrics = step(state, batch)``. Cost: the loop holds ``state`` as the
+  functional style does, and the model is only current after ``nnx.update((model, optimizer),
+  state)`` (before reading or saving it). The step body is still the stateful one.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-__all__ = ["make_nnx_train_step", "make_cached_nnx_train_step"]
+__all__ = ["make_nnx_train_step", "make_cached_nnx_train_step", "make_split_nnx_train_step"]
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 Batch = tuple[jax.Array, jax.Array]
@@ -67,3 +74,24 @@ def make_cached_nnx_train_step(
     still updated in place; their structure must stay as it is while the step is used."""
     with nnx.set_graph_mode(True), nnx.set_graph_updates(True):
         return nnx.cached_partial(make_nnx_train_step(loss_fn), model, optimizer)
+
+
+def make_split_nnx_train_step(
+    loss_fn: LossFn, graphdef: nnx.GraphDef
+) -> Callable[[nnx.State, Batch], tuple[nnx.State, dict[str, Any]]]:
+    """``train_step(state, (inputs, targets)) -> (state, metrics)`` over the state of
+    ``graphdef, state = nnx.split((model, optimizer))``, compiled with ``jax.jit``.
+
+    Inside, ``nnx.merge`` rebuilds the model and the optimizer, the stateful step of
+    :func:`make_nnx_train_step` updates them, and ``nnx.state`` takes their new state out, all
+    in the compiled function, so no Python object graph is walked per call. Write the state
+    back with ``nnx.update((model, optimizer), state)`` before using the model.
+    """
+    stateful_step = make_nnx_train_step(loss_fn, jit=False)
+
+    def train_step(state: nnx.State, batch: Batch) -> tuple[nnx.State, dict[str, Any]]:
+        model, optimizer = nnx.merge(graphdef, state)
+        metrics = stateful_step(model, optimizer, batch)
+        return nnx.state((model, optimizer)), metrics
+
+    return jax.jit(train_step)

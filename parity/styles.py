@@ -10,6 +10,9 @@ Styles (:data:`STYLES`), each run on its own from the same initial weights and b
   ``nnx.jit`` mutating the module in place.
 - ``NNX stateful (cached)``: the same step with its graph traversal cached once
   (``jax_impl.stateful.make_cached_nnx_train_step``, Flax's performance guide).
+- ``NNX stateful (split once)``: the same step body, with ``(model, optimizer)`` split once and
+  their state passed through a ``jax.jit`` step (``jax_impl.stateful.make_split_nnx_train_step``,
+  the performance guide's other recipe).
 - ``JAX functional (no jit)``: the pure step run op by op, as it is written.
 
 Every JAX style's loss, parameters and buffers after every step are compared with torch's under
@@ -201,6 +204,27 @@ def run_nnx_cached(setup: Setup) -> StyleRun:
     return run
 
 
+def run_nnx_split(setup: Setup) -> StyleRun:
+    """``jax_impl.stateful.make_split_nnx_train_step``: ``state, metrics = train_step(state, batch)``
+    over ``nnx.split((model, optimizer))``, written back with ``nnx.update`` to read the model."""
+    model = setup.model()
+    model.train()
+    optimizer = nnx.Optimizer(model, setup.tx, wrt=nnx.Param)
+    graphdef, state = nnx.split((model, optimizer))
+    train_step = jax_impl.stateful.make_split_nnx_train_step(setup.jax_loss, graphdef)
+    run = StyleRun([], [], [], [])
+    for batch, masks in zip(setup.batches, setup.masks, strict=True):
+        if masks:
+            nnx.update((model, optimizer), state)
+            _masked(model, masks)
+            state = nnx.state((model, optimizer))
+        (state, metrics), seconds = _timed(lambda: train_step(state, batch))
+        run.seconds.append(seconds)
+        nnx.update((model, optimizer), state)  # to read the model; not timed
+        _nnx_trace(setup, model, run, metrics["loss"])
+    return run
+
+
 def _functional_code() -> tuple[Callable, ...]:
     return jax_impl.step.make_train_step, jax_impl.step.make_objective
 
@@ -209,15 +233,17 @@ TORCH = "torch eager"
 
 #: The styles, torch's first (its ``run`` is None: torch runs in :func:`run_styles` itself).
 STYLES: tuple[Style, ...] = (
-    Style(TORCH, "model, optimizer, scheduler (mutated in place)",
+    Style(TORCH, "model, optimizer, scheduler (in place)",
           (torch_loop.train_step,), None),  # type: ignore[arg-type]
-    Style("JAX functional (jit)", "TrainState(params, rest, opt_state) in and out",
+    Style("JAX functional (jit)", "TrainState(params, rest, opt_state) in/out",
           _functional_code(), run_functional),
-    Style("NNX stateful (nnx.jit)", "model, nnx.Optimizer (mutated in place)",
+    Style("NNX stateful (nnx.jit)", "model, nnx.Optimizer (in place)",
           (jax_impl.stateful.make_nnx_train_step,), run_nnx),
-    Style("NNX stateful (cached)", "model, nnx.Optimizer bound once; the batch per call",
+    Style("NNX stateful (cached)", "model, nnx.Optimizer, bound once (in place)",
           (jax_impl.stateful.make_nnx_train_step, jax_impl.stateful.make_cached_nnx_train_step), run_nnx_cached),
-    Style("JAX functional (no jit)", "TrainState(params, rest, opt_state) in and out",
+    Style("NNX stateful (split once)", "(model, optimizer) state in/out, split once",
+          (jax_impl.stateful.make_nnx_train_step, jax_impl.stateful.make_split_nnx_train_step), run_nnx_split),
+    Style("JAX functional (no jit)", "TrainState(params, rest, opt_state) in/out",
           _functional_code(), lambda setup: run_functional(setup, jit=False)),
 )
 
@@ -432,15 +458,15 @@ def table(report: StylesReport):
     functional = next((s for s in report.styles if s.name == "JAX functional (jit)"), None)
     reference = functional.median_step_seconds if functional is not None else None
     result = Table(title=f"Training styles, {report.dtype}, {report.config['steps']} steps", box=box.SIMPLE_HEAD)
-    for header in ("style", "vs torch", "step (median)", "/ functional", "first call", "code lines",
-                   "state the user holds and passes"):
-        justify = "right" if header in ("step (median)", "/ functional", "first call", "code lines") else "left"
-        result.add_column(header, justify=justify, overflow="fold")
+    numbers = ("step", "÷ jit", "1st call", "lines")
+    for header in ("style", "vs torch", *numbers, "state the user holds and passes"):
+        result.add_column(header, justify="right" if header in numbers else "left", overflow="fold",
+                          no_wrap=header != "state the user holds and passes")
     for style in report.styles:
         if style.name == TORCH:
             verdict = "[dim]reference[/]"
         else:
-            verdict = "[green]same[/]" if style.ok else f"[bold red]differs at step {style.difference[0]}[/]"
+            verdict = "[green]same[/]" if style.ok else f"[bold red]step {style.difference[0]}[/]"
         ratio = (f"{style.median_step_seconds / reference:.2f}x"
                  if reference and style.median_step_seconds is not None else "-")
         result.add_row(style.name, verdict, _ms(style.median_step_seconds), ratio, _ms(style.first_call_seconds),
@@ -455,8 +481,9 @@ def render(report: StylesReport, console, *, show_code: bool = False, styles: Se
     if report.ok:
         console.print(f"all {len(report.styles) - 1} JAX styles agree with torch on every step "
                       f"(losses, parameters and buffers; free-mode {report.dtype} tolerances)")
-    console.print("times: median over the steps after the first (noisy on a shared machine); first call includes "
-                  "compilation. Code lines: the functions below, without docstrings, comments and blank lines.")
+    console.print("step: median time per step after the first; ÷ jit: its ratio to JAX functional (jit); 1st call: "
+                  "with compilation; lines: the step's functions (--show-code) without docstrings, comments and "
+                  "blank lines. Times are noisy on a busy machine.")
     if show_code:
         from rich.panel import Panel
         from rich.syntax import Syntax

@@ -12,7 +12,7 @@ import jax_impl.losses
 import jax_impl.optim
 import jax_impl.schedules
 from jax_impl.models import SimpleNN
-from jax_impl.stateful import make_cached_nnx_train_step, make_nnx_train_step
+from jax_impl.stateful import make_cached_nnx_train_step, make_nnx_train_step, make_split_nnx_train_step
 
 torch = pytest.importorskip("torch")  # the reference; jax_impl itself never imports it
 
@@ -69,8 +69,8 @@ def torch_run():
     return batches, *_torch_run(batches)
 
 
-@pytest.mark.parametrize("cached", [False, True], ids=["nnx.jit", "cached_partial"])
-def test_stateful_step_trains_as_torch_with_a_per_epoch_schedule(torch_run, cached):
+@pytest.mark.parametrize("variant", ["nnx.jit", "cached_partial", "split once"])
+def test_stateful_step_trains_as_torch_with_a_per_epoch_schedule(torch_run, variant):
     batches, initial, torch_losses, torch_final = torch_run
     traces = []
     cross_entropy = jax_impl.losses.from_torch("CrossEntropyLoss()")
@@ -83,12 +83,20 @@ def test_stateful_step_trains_as_torch_with_a_per_epoch_schedule(torch_run, cach
     optimizer = nnx.Optimizer(model, _tx(), wrt=nnx.Param)
     plain_step = make_nnx_train_step(counting_loss)
     cached_step = make_cached_nnx_train_step(counting_loss, model, optimizer)
+    graphdef, state = nnx.split((model, optimizer))
+    split_step = make_split_nnx_train_step(counting_loss, graphdef)
     losses = []
     for epoch in batches:
         for inputs, targets in epoch:
             batch = (jnp.asarray(inputs), jnp.asarray(targets))
-            metrics = cached_step(batch) if cached else plain_step(model, optimizer, batch)
+            if variant == "split once":
+                state, metrics = split_step(state, batch)
+            else:
+                metrics = cached_step(batch) if variant == "cached_partial" else plain_step(model, optimizer, batch)
             losses.append(float(metrics["loss"]))
+    if variant == "split once":
+        assert int(optimizer.step[...]) == 0  # the objects are current only once the state is written back
+        nnx.update((model, optimizer), state)
     assert traces == [(BATCH, CLASSES)]  # compiled once, though the lr changed between the epochs
     assert int(optimizer.step[...]) == 6
     np.testing.assert_allclose(losses, torch_losses, rtol=1e-12, atol=0)

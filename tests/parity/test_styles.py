@@ -82,7 +82,7 @@ def test_cli_runs_every_style_of_a_dropout_model_writes_json_and_shows_code(tmp_
     assert report["schema"] == styles.SCHEMA and report["ok"] is True
     assert [s["name"] for s in report["styles"]] == [s.name for s in styles.STYLES]
     assert all(s["ok"] and s["difference"] is None and len(s["losses"]) == 2 for s in report["styles"])
-    assert "def make_nnx_train_step" in out and "def train_step" in out and "all 4 JAX styles agree" in out
+    assert "def make_nnx_train_step" in out and "def train_step" in out and "all 5 JAX styles agree" in out
 
 
 def test_cli_exits_1_naming_the_differing_style(monkeypatch, tmp_path, capsys):
