@@ -124,6 +124,8 @@ def _styles_parser(commands, defaults) -> None:
                         help="float64 separates semantic differences from rounding")
     styles.add_argument("--data", default=defaults.data,
                         help="'digits' (embedded), 'synthetic', or FILE.npz with arrays x, y [x_val, y_val]")
+    styles.add_argument("--torch-threads", type=int, default=None,
+                        help="torch.set_num_threads for the torch style (default: torch's own)")
     styles.add_argument("--show-code", action="store_true", help="print each style's train step from the source")
     styles.add_argument("--json", metavar="PATH", help="write the styles report as JSON")
 
@@ -150,7 +152,8 @@ def _styles(args: argparse.Namespace) -> int:
             param_groups=tuple(args.param_groups), mode="free",
         )
         with status.status("training") as spinner:
-            result = styles_module.run_styles(spec, progress=lambda name: spinner.update(f"training: {name}"))
+            result = styles_module.run_styles(spec, progress=lambda name: spinner.update(f"training: {name}"),
+                                              torch_threads=args.torch_threads)
     except (parity.SpecError, DataError, ConversionError) as error:
         raise BadInput(str(error)) from None
     styles_module.render(result, console, show_code=args.show_code)

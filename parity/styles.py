@@ -406,14 +406,29 @@ def _result(style: Style, run: StyleRun, difference) -> StyleResult:
 
 
 def run_styles(spec: RunSpec, styles: Sequence[Style] | None = None,
-               progress: Callable[[str], None] | None = None) -> StylesReport:
+               progress: Callable[[str], None] | None = None, torch_threads: int | None = None) -> StylesReport:
     """Train ``spec``'s configuration in torch, then in each JAX style of ``styles`` from the
     same initial weights, batches and dropout masks, and compare every step with torch's
-    (``spec.mode`` is ignored: the styles always run free). ``styles`` must start with torch's."""
+    (``spec.mode`` is ignored: the styles always run free). ``styles`` must start with torch's.
+    ``torch_threads``: ``torch.set_num_threads`` for the torch run (restored afterwards); on a
+    busy machine torch's intra-op threads can wait on each other for tens of milliseconds a step."""
     styles = STYLES if styles is None else styles
     if not styles or styles[0].name != TORCH:
         raise SpecError(f"styles must start with {TORCH!r}, the reference")
+    if torch_threads is not None and (isinstance(torch_threads, bool) or not isinstance(torch_threads, int)
+                                      or torch_threads < 1):
+        raise SpecError(f"torch_threads must be a positive integer, got {torch_threads!r}")
     _check_supported(spec)
+    threads = torch.get_num_threads()
+    if torch_threads is not None:
+        torch.set_num_threads(torch_threads)
+    try:
+        return _run_styles(spec, styles, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_styles(spec: RunSpec, styles: Sequence[Style], progress: Callable[[str], None] | None) -> StylesReport:
     torch_model, jax_model, epochs, info = _epochs(spec)
     names = [name for name, _ in torch_model.named_parameters()]
     groups = ParamGroups.assign(names, [parse_param_group(text) for text in spec.param_groups])
@@ -429,7 +444,7 @@ def run_styles(spec: RunSpec, styles: Sequence[Style] | None = None,
             progress(style.name)
         jax_run = style.run(setup)
         results.append(_result(style, jax_run, _first_difference(torch_run, jax_run, spec.dtype)))
-    config = spec.to_dict() | info | {"steps": len(torch_run.losses)}
+    config = spec.to_dict() | info | {"steps": len(torch_run.losses), "torch_threads": torch.get_num_threads()}
     config.pop("mode")
     config.pop("localize")
     return StylesReport(config, spec.dtype, results, versions())
@@ -457,7 +472,8 @@ def table(report: StylesReport):
 
     functional = next((s for s in report.styles if s.name == "JAX functional (jit)"), None)
     reference = functional.median_step_seconds if functional is not None else None
-    result = Table(title=f"Training styles, {report.dtype}, {report.config['steps']} steps", box=box.SIMPLE_HEAD)
+    result = Table(title=f"Training styles, {report.dtype}, {report.config['steps']} steps", box=box.SIMPLE_HEAD,
+                   pad_edge=False, collapse_padding=True)
     numbers = ("step", "÷ jit", "1st call", "lines")
     for header in ("style", "vs torch", *numbers, "state the user holds and passes"):
         result.add_column(header, justify="right" if header in numbers else "left", overflow="fold",
@@ -483,7 +499,8 @@ def render(report: StylesReport, console, *, show_code: bool = False, styles: Se
                       f"(losses, parameters and buffers; free-mode {report.dtype} tolerances)")
     console.print("step: median time per step after the first; ÷ jit: its ratio to JAX functional (jit); 1st call: "
                   "with compilation; lines: the step's functions (--show-code) without docstrings, comments and "
-                  "blank lines. Times are noisy on a busy machine.")
+                  f"blank lines. torch ran on {report.config['torch_threads']} thread(s). Times are noisy on a busy "
+                  "machine.")
     if show_code:
         from rich.panel import Panel
         from rich.syntax import Syntax

@@ -102,6 +102,7 @@ def test_cli_exits_1_naming_the_differing_style(monkeypatch, tmp_path, capsys):
     (["--scheduler", "ReduceLROnPlateau()"], "ReduceLROnPlateau"),
     (["--optimizer", "Adam(lr=0.01, bogus=1)"], "bogus"),
     (["--steps-per-epoch", "1000"], "steps_per_epoch=1000"),
+    (["--torch-threads", "0"], "torch_threads must be a positive integer"),
 ])
 def test_bad_input_exits_2_with_a_reason_and_writes_nothing(arguments, message, tmp_path, capsys):
     path = tmp_path / "styles.json"
