@@ -26,6 +26,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import json
 import statistics
 import textwrap
 import time
@@ -44,17 +45,20 @@ import jax_impl.optim
 import jax_impl.schedules
 import jax_impl.stateful
 import jax_impl.step
+from jax_impl.checkpoint import atomic_path
 from jax_impl.layers import set_dropout_masks
 from jax_impl.spec import SpecError
 from parity import convert, data
 from parity.compare import TensorError, compare_tensors, tolerance
 from parity.dropout import HarnessDropout, hand_masks_to_jax
 from parity.runner import BUFFERS, ParamGroups, versions
-from parity.spec import DTYPES, RunSpec, build_models, build_torch_loss, build_torch_optimizer, build_torch_scheduler
-from parity.spec import parse_param_group
+from parity.spec import (DTYPES, RunSpec, build_models, build_torch_loss, build_torch_optimizer,
+                         build_torch_scheduler, parse_param_group)
 from torch_ref import loop as torch_loop
 
-__all__ = ["Setup", "StyleRun", "Style", "StyleResult", "StylesReport", "STYLES", "run_styles", "code_lines"]
+__all__ = ["Setup", "StyleRun", "Style", "StyleResult", "StylesReport", "STYLES", "TORCH", "run_styles",
+           "run_functional", "run_nnx", "run_nnx_cached", "run_nnx_split", "code_lines", "code_source", "render",
+           "to_json", "write_json"]
 
 SCHEMA = "parity-styles/1"
 
@@ -369,8 +373,8 @@ def _setup(spec: RunSpec, torch_model, jax_model, epochs, groups: ParamGroups, m
                                                 == "epoch" else None) for lr in lrs]
                  if spec.scheduler else [None] * groups.count)
     layout = convert.torch_layout(converter)
-    tx = jax_impl.optim.from_torch(spec.optimizer, lr=schedules[0], param_groups=groups.jax_groups(converter, schedules),
-                                   layout=layout)
+    tx = jax_impl.optim.from_torch(spec.optimizer, lr=schedules[0],
+                                   param_groups=groups.jax_groups(converter, schedules), layout=layout)
     batches = tuple((jnp.asarray(_numpy_inputs(x, numpy_dtype)), jnp.asarray(y)) for b in epochs for x, y in b)
     return Setup(graphdef, params, rest, tx, jax_impl.losses.from_torch(spec.loss), batches, tuple(masks), converter)
 
@@ -540,9 +544,5 @@ def _finite(value: float) -> float | str:
 
 def write_json(report: StylesReport, path) -> None:
     """The report as JSON, atomically (the file appears complete or not at all)."""
-    import json
-
-    from jax_impl.checkpoint import atomic_path
-
     with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(to_json(report), indent=2) + "\n")
