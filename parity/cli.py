@@ -93,7 +93,79 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", metavar="PATH", help="write the full report as JSON")
     run.add_argument("--plot", metavar="PATH", help="write a PNG of losses and per-stage errors over steps")
     run.add_argument("--all-steps", action="store_true", help="print every step's row, not a sample")
+    _styles_parser(commands, defaults)
     return parser
+
+
+def _styles_parser(commands, defaults) -> None:
+    """``parity styles``: the training flags of ``parity run`` (without --mode: styles run free)."""
+    from parity.spec import DTYPES, INTERVALS
+
+    styles = commands.add_parser(
+        "styles",
+        help="the same training in torch eager, JAX functional (jit / no jit) and NNX stateful styles",
+        description="Train the same seeded configuration in each training style (PyTorch eager; JAX functional "
+                    "with and without jax.jit; Flax NNX nnx.Optimizer with nnx.jit, plain and with its graph "
+                    "traversal cached), check every style's losses and parameters against PyTorch's, and show "
+                    "time per step, first-call time, lines of step code and the state the user holds. "
+                    "LBFGS and ReduceLROnPlateau are not supported here (parity run checks them).",
+        formatter_class=_HelpFormatter,
+    )
+    styles.add_argument("--model", default=defaults.model, help="model name, e.g. SimpleNN or 'CNN(dropout=0.1)'")
+    styles.add_argument("--loss", default=defaults.loss, help="torch.nn loss spec")
+    styles.add_argument("--optimizer", default=defaults.optimizer, help="torch.optim spec")
+    styles.add_argument("--scheduler", default=defaults.scheduler, help="torch.optim.lr_scheduler spec, or 'none'")
+    styles.add_argument("--scheduler-interval", choices=INTERVALS, default=defaults.scheduler_interval,
+                        help="call scheduler.step() after every epoch or after every optimizer step")
+    styles.add_argument("--param-group", action="append", default=[], metavar="OPTIONS", dest="param_groups",
+                        help="a torch parameter group, repeatable, as for parity run")
+    styles.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs")
+    styles.add_argument("--steps-per-epoch", type=int, default=defaults.steps_per_epoch,
+                        help="batches per epoch (default: one full pass over the training split)")
+    styles.add_argument("--batch-size", type=int, default=defaults.batch_size, help="samples per batch")
+    styles.add_argument("--seed", type=int, default=defaults.seed,
+                        help="seeds torch's initialisation, the data split and the shuffling")
+    styles.add_argument("--dtype", choices=tuple(DTYPES), default=defaults.dtype,
+                        help="float64 separates semantic differences from rounding")
+    styles.add_argument("--data", default=defaults.data,
+                        help="'digits' (embedded), 'synthetic', or FILE.npz with arrays x, y [x_val, y_val]")
+    styles.add_argument("--torch-threads", type=int, default=None,
+                        help="torch.set_num_threads for the torch style (default: torch's own)")
+    styles.add_argument("--show-code", action="store_true", help="print each style's train step from the source")
+    styles.add_argument("--json", metavar="PATH", help="write the styles report as JSON")
+
+
+def _styles(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    import parity
+    from parity import styles as styles_module
+    from parity.convert import ConversionError
+    from parity.data import DataError
+
+    _check_output("--json", args.json)
+    scheduler = None if args.scheduler.strip().lower() in ("none", "") else args.scheduler
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)
+    status = Console(stderr=True)
+    try:
+        spec = parity.RunSpec(
+            model=args.model, loss=args.loss, optimizer=args.optimizer, scheduler=scheduler,
+            scheduler_interval=args.scheduler_interval, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+            batch_size=args.batch_size, seed=args.seed, dtype=args.dtype, data=args.data,
+            param_groups=tuple(args.param_groups), mode="free",
+        )
+        with status.status("training") as spinner:
+            result = styles_module.run_styles(spec, progress=lambda name: spinner.update(f"training: {name}"),
+                                              torch_threads=args.torch_threads)
+    except (parity.SpecError, DataError, ConversionError) as error:
+        raise BadInput(str(error)) from None
+    styles_module.render(result, console, show_code=args.show_code)
+    if args.json:
+        styles_module.write_json(result, args.json)
+        console.print(f"report written to {args.json}")
+    return EXIT_PARITY if result.ok else EXIT_DIVERGENCE
 
 
 def _check_output(flag: str, value: str | None, suffix: str | None = None) -> None:
@@ -187,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         print("parity: error: choose a command: run (see parity --help)", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
+        if args.command == "styles":
+            return _styles(args)
         return _run(args)
     except BadInput as error:
         print(f"parity: error: {error}", file=sys.stderr)

@@ -75,3 +75,21 @@ def test_readme_lbfgs_example_runs_as_torchs_lbfgs(capsys):
     np.testing.assert_allclose(np.asarray(namespace["params"]["w"]), w.detach().numpy(), rtol=1e-6)
     np.testing.assert_allclose(w.detach().numpy(), 1.0, rtol=1e-5)  # 4w^3 + 2w - 6 = 0 at w = 1
     assert "loss" not in capsys.readouterr().err
+
+
+def test_readme_stateful_example_runs(capsys):
+    example = next(block for block in blocks("python") if "make_split_nnx_train_step" in block)
+    exec(compile(example, "README.md", "exec"), {"__name__": "readme_example"})
+    step, loss = capsys.readouterr().out.split()
+    assert int(step) == 4 and 0 < float(loss) < 10  # one nnx.jit step and three split-once steps
+
+
+def test_readme_styles_output_is_the_commands():
+    """The pasted ``parity styles`` table names every style the command runs."""
+    from parity.styles import STYLES
+
+    section = README.split("## Training styles side by side", 1)[1].split("\n## ", 1)[0]
+    output = section.split("$ parity styles --torch-threads 1\n", 1)[1].split("```", 1)[0]
+    assert [line.split("  ")[0].strip() for line in output.splitlines()[4:4 + len(STYLES)]] == [
+        style.name for style in STYLES]
+    assert "all 5 JAX styles agree with torch" in output

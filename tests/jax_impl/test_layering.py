@@ -31,7 +31,7 @@ _BLOCKED_IMPORT = textwrap.dedent("""
 
 JAX_IMPL_MODULES = ["jax_impl", "jax_impl.spec", "jax_impl.optim", "jax_impl.schedules", "jax_impl.losses",
                     "jax_impl.models", "jax_impl.layers", "jax_impl.init", "jax_impl.step", "jax_impl.loop",
-                    "jax_impl.checkpoint"]
+                    "jax_impl.checkpoint", "jax_impl.stateful"]
 TORCH_REF_MODULES = ["torch_ref", "torch_ref.models", "torch_ref.loop"]
 
 
