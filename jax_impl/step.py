@@ -50,6 +50,7 @@ def make_train_step(
     *,
     with_grads: bool = False,
     closure: bool = False,
+    clip: Callable[[Any], tuple[Any, Any]] | None = None,
     jit: bool = True,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Any]]]:
     """A pure ``train_step(state, (inputs, targets)) -> (state, metrics)``.
@@ -65,16 +66,27 @@ def make_train_step(
     update also gets ``value=loss`` and ``value_fn``, the loss and gradients on this batch at
     other parameters. ``loss`` and ``grads`` in ``metrics`` are those of the first evaluation,
     as torch's closure returns them first.
+
+    ``clip(grads) -> (grads, total_norm)`` (:func:`jax_impl.clip.make_clip`) clips between
+    differentiation and the optimizer, as ``clip_grad_norm_`` between ``backward()`` and
+    ``step()``; ``grads`` in ``metrics`` are then the clipped ones and ``grad_norm`` the total
+    norm before clipping.
     """
+    if clip is not None and closure:
+        raise ValueError("an optimizer that re-evaluates the loss (LBFGS) cannot be combined with clipping")
     objective = make_objective(graphdef, loss_fn)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Any]]:
         _, targets = batch
         (loss, (logits, rest)), grads = jax.value_and_grad(objective, has_aux=True)(state.params, state.rest, batch)
         extra = _closure_args(objective, state.rest, batch, loss) if closure else {}
+        metrics: dict[str, Any] = {"loss": loss, "correct": _correct(logits, targets)}
+        if clip is not None:
+            grads, total_norm = clip(grads)
+            if total_norm is not None:
+                metrics["grad_norm"] = total_norm
         updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
         params = optax.apply_updates(state.params, updates)
-        metrics: dict[str, Any] = {"loss": loss, "correct": _correct(logits, targets)}
         lr = _lr(opt_state)
         if lr is not None:
             metrics["lr"] = lr

@@ -90,6 +90,16 @@ def _parser() -> argparse.ArgumentParser:
                      help="float32: also run each step in float64 on a replica of the torch model to measure "
                           "torch's own gradient rounding, and let JAX differ by up to 4x that "
                           "(a gradient that cancels to nearly zero is judged at its rounding, not flagged)")
+    clip = run.add_argument_group("gradient clipping (between backward() and step(), on both sides)")
+    clip.add_argument("--clip-grad-norm", type=float, metavar="MAX", default=defaults.clip_grad_norm,
+                      help="torch.nn.utils.clip_grad_norm_(model.parameters(), MAX): torch's formula, the +1e-6 "
+                           "included; the total norm it returns is compared too")
+    clip.add_argument("--norm-type", type=float, metavar="P", default=defaults.norm_type,
+                      help="clip_grad_norm_'s norm_type: 2, inf, or any p > 0")
+    clip.add_argument("--error-if-nonfinite", action="store_true",
+                      help="clip_grad_norm_'s error_if_nonfinite: stop at a non-finite total norm")
+    clip.add_argument("--clip-grad-value", type=float, metavar="V", default=defaults.clip_grad_value,
+                      help="torch.nn.utils.clip_grad_value_(model.parameters(), V), after any norm clipping")
     run.add_argument("--json", metavar="PATH", help="write the full report as JSON")
     run.add_argument("--plot", metavar="PATH", help="write a PNG of losses and per-stage errors over steps")
     run.add_argument("--all-steps", action="store_true", help="print every step's row, not a sample")
@@ -207,6 +217,8 @@ def _run(args: argparse.Namespace) -> int:
             steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, seed=args.seed,
             dtype=args.dtype, mode=args.mode, data=args.data, param_groups=tuple(args.param_groups),
             localize=args.localize, rounding_reference=args.rounding_reference,
+            clip_grad_norm=args.clip_grad_norm, norm_type=args.norm_type,
+            error_if_nonfinite=args.error_if_nonfinite, clip_grad_value=args.clip_grad_value,
         )
         console = Console()
         if not console.is_terminal:  # a pipe or file: wide enough for the tables, no colour codes

@@ -27,6 +27,7 @@ import torch
 
 from parity.convert import to_numpy
 from parity.dropout import HarnessDropout
+from torch_ref.loop import Clipping, clip_gradients
 
 __all__ = ["RoundingReference", "rounding_errors"]
 
@@ -38,11 +39,14 @@ class RoundingReference:
     Args:
       model: the float32 torch model (copied; the copy is cast to float64).
       criterion: ``(replica, outputs, targets) -> loss`` in float64.
+      clipping: the run's gradient clipping, applied to the float64 gradients too, so they are
+        what torch's clipped float32 gradients approximate.
     """
 
-    def __init__(self, model: torch.nn.Module, criterion: Callable[[torch.nn.Module, Any, Any], torch.Tensor]):
+    def __init__(self, model: torch.nn.Module, criterion: Callable[[torch.nn.Module, Any, Any], torch.Tensor],
+                 clipping: Clipping | None = None):
         self.replica = copy.deepcopy(model).double()
-        self.criterion = criterion
+        self.criterion, self.clipping = criterion, clipping
 
     def gradients(self, model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor], seed: int,
                   step: int) -> dict[str, np.ndarray]:
@@ -56,6 +60,7 @@ class RoundingReference:
         with HarnessDropout(self.replica, seed, step):
             loss = self.criterion(self.replica, self.replica(inputs), targets)
         loss.backward()
+        clip_gradients(self.replica.parameters(), self.clipping)  # the gradients step() sees
         return {name: to_numpy(p.grad) for name, p in self.replica.named_parameters() if p.grad is not None}
 
 

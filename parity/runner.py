@@ -26,6 +26,7 @@ import torch
 from flax import nnx
 
 import jax_impl
+import jax_impl.clip
 import jax_impl.losses
 import jax_impl.optim
 import jax_impl.schedules
@@ -161,6 +162,7 @@ def check_port(
     seed: int = 0,
     localize: bool | None = None,
     rounding_reference: bool = True,
+    clipping: torch_loop.Clipping | None = None,
 ) -> ParityReport:
     """Train ``torch_model`` and ``jax_model`` side by side and compare every step.
 
@@ -195,6 +197,10 @@ def check_port(
         rounding error of every gradient; a JAX gradient within
         :data:`~parity.compare.ROUNDING_FACTOR` times it passes (:mod:`parity.rounding`). Costs
         one float64 pass per step; has no effect in float64.
+      clipping: gradient clipping between ``backward()`` and ``step()`` on both sides
+        (:class:`torch_ref.loop.Clipping`: ``clip_grad_norm_`` and/or ``clip_grad_value_``;
+        :mod:`jax_impl.clip`); the total norm ``clip_grad_norm_`` returns is compared at the
+        gradient stage, after the clipped gradients.
       seed: the stream of the dropout masks (:mod:`parity.dropout`): during each torch step
         every mask torch draws is replaced by the harness's mask for (seed, step, module), and
         the JAX model's dropout layers get the same masks before its step.
@@ -246,12 +252,17 @@ def check_port(
     torch_scheduler = (build_torch_scheduler(scheduler, torch_optimizer, scheduler_arguments)
                        if scheduler else None)
     group_names = convert.torch_param_groups(torch_optimizer, names)
-    reference = (RoundingReference(torch_model, _reference_criterion(loss, with_loss))
+    reference = (RoundingReference(torch_model, _reference_criterion(loss, with_loss), clipping)
                  if dtype == "float32" and rounding_reference else None)
     flat_order = convert.FlatOrder.build(converter, params, [n for g in group_names for n in g]) if closure else None
     plateau_states = [plateau.init() for plateau in plateaus] if plateaus else None
     state = TrainState(params, rest, tx.init(params))
-    train_step = make_train_step(graphdef, jax_loss, tx, with_grads=True, closure=closure)
+    if clipping is not None and closure:
+        raise SpecError(f"optimizer {optimizer}: LBFGS evaluates its closure several times per step; "
+                        "gradient clipping between backward() and step() does not apply to it")
+    clip = (jax_impl.clip.make_clip(clipping.max_norm, clipping.norm_type, clipping.clip_value)
+            if clipping is not None else None)
+    train_step = make_train_step(graphdef, jax_loss, tx, with_grads=True, closure=closure, clip=clip)
     update_step = make_update_step(tx, objective=make_objective(graphdef, jax_loss) if closure else None)
     eval_step = make_eval_step(graphdef, jax_loss)
 
@@ -287,10 +298,16 @@ def check_port(
             torch_before = copy.deepcopy(torch_model.state_dict()) if localizing and mode == "free" else None
             with _first_step_errors(step, "torch"):  # torch's float64 gradients at these weights
                 reference_grads = reference.gradients(torch_model, to_torch(batch), seed, step) if reference else None
-            with _first_step_errors(step, "torch"), HarnessDropout(torch_model, seed, step) as dropout:
-                torch_loss, captured = _torch_step(
-                    torch_model, torch_criterion, torch_optimizer, names, to_torch(batch)
-                )
+            try:
+                with _first_step_errors(step, "torch"), HarnessDropout(torch_model, seed, step) as dropout:
+                    torch_loss, captured, torch_norm = _torch_step(
+                        torch_model, torch_criterion, torch_optimizer, names, to_torch(batch), clipping
+                    )
+            except RuntimeError as error:
+                if "cannot be clipped" not in str(error):  # clip_grad_norm_(error_if_nonfinite=True)
+                    raise
+                halted = f"step {step}: torch's clip_grad_norm_ raised: {str(error).splitlines()[0]}"
+                break
             torch_trace = StepTrace(
                 loss=float(torch_loss.item()),
                 lr=float(numpy_dtype(torch_lr)),  # torch casts lr to the parameters' dtype
@@ -299,6 +316,7 @@ def check_port(
                 params=_torch_params(torch_model),
                 buffers=_torch_buffers(torch_model),
                 hyperparams=torch_hyperparams,
+                grad_norm=torch_norm,
             )
             if torch_scheduler is not None and scheduler_interval == "step":
                 torch_scheduler.step()
@@ -333,6 +351,7 @@ def check_port(
                 params=converter.to_torch(state.params),
                 buffers=converter.to_torch(nnx.filter_state(state.rest, BUFFERS)),
                 hyperparams=_scheduled_hyperparams(_jax_param_groups(state.opt_state), numpy_dtype, torch_scheduler),
+                grad_norm=float(metrics["grad_norm"]) if "grad_norm" in metrics else None,
             )
             rounding = rounding_errors(torch_trace.grads, reference_grads) if reference_grads else None
             comparison = compare_steps(step, epoch, torch_trace, jax_trace, dtype, mode, tolerances, rounding)
@@ -572,11 +591,18 @@ def _first_step_errors(step: int, side: str):
         raise SpecError(f"the {side} side failed on the first batch: {message}") from None
 
 
-def _torch_step(model, criterion, optimizer, names, batch) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
-    """``torch_ref.loop.train_step`` on ``batch``; also returns the gradients ``step()`` saw."""
+def _torch_step(model, criterion, optimizer, names, batch,
+                clipping: torch_loop.Clipping | None = None) -> tuple[torch.Tensor, dict[str, np.ndarray], float | None]:
+    """``torch_ref.loop.train_step`` on ``batch``; also returns the gradients ``step()`` saw
+    and what ``clip_grad_norm_`` returned (the harness clips, with the loop's own
+    :func:`torch_ref.loop.clip_gradients`, where the loop would, to keep the total norm)."""
     grads: dict[str, np.ndarray] = {}
+    total_norm: list[float] = []
 
     def read_grads() -> None:
+        norm = torch_loop.clip_gradients(model.parameters(), clipping)
+        if norm is not None:
+            total_norm.append(float(norm))
         missing = [name for p, name in names.items() if p.grad is None]
         if missing:
             raise SpecError(
@@ -586,7 +612,7 @@ def _torch_step(model, criterion, optimizer, names, batch) -> tuple[torch.Tensor
         grads.update({name: convert.to_numpy(p.grad) for p, name in names.items()})
 
     loss, _ = torch_loop.train_step(model, criterion, optimizer, *batch, before_step=read_grads)
-    return loss, grads
+    return loss, grads, (total_norm[0] if total_norm else None)
 
 
 def _torch_params(model: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -640,7 +666,7 @@ def run(
         scheduler_arguments=scheduler_arguments,
         param_groups=[parse_param_group(text) for text in spec.param_groups],
         val_batches=val_batches, mode=spec.mode, progress=progress, tolerances=tolerances, seed=spec.seed,
-        localize=spec.localize, rounding_reference=spec.rounding_reference,
+        localize=spec.localize, rounding_reference=spec.rounding_reference, clipping=spec.clipping,
         config=spec.to_dict() | {"data_name": dataset.name, "train_samples": len(dataset.x_train),
                                  "val_samples": len(dataset.x_val), "input_size": dataset.input_size,
                                  "num_classes": dataset.num_classes},

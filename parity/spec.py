@@ -21,6 +21,7 @@ import jax_impl.losses
 import jax_impl.models
 import jax_impl.optim
 import jax_impl.schedules
+import torch_ref.loop
 import torch_ref.models
 from jax_impl.spec import CallSpec, SpecError, bind_call, build_from_registry, parse_call
 
@@ -57,6 +58,13 @@ class RunSpec:
     #: float32: measure torch's own gradient rounding each step on a float64 replica, and allow
     #: a multiple of it (parity.runner.check_port's ``rounding_reference``)
     rounding_reference: bool = True
+    #: torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm, norm_type,
+    #: error_if_nonfinite) between backward() and step(); None: no norm clipping
+    clip_grad_norm: float | None = None
+    norm_type: float = 2.0
+    error_if_nonfinite: bool = False
+    #: torch.nn.utils.clip_grad_value_(model.parameters(), clip_grad_value), after any norm clipping
+    clip_grad_value: float | None = None
 
     def __post_init__(self) -> None:
         for key in ("model", "loss", "optimizer", "scheduler"):
@@ -81,6 +89,24 @@ class RunSpec:
             _positive("steps_per_epoch", self.steps_per_epoch)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise SpecError(f"seed must be a non-negative integer, got {self.seed!r}")
+        for key in ("clip_grad_norm", "clip_grad_value"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not value >= 0 or value == float("inf")):
+                raise SpecError(f"{key} must be a finite non-negative number, got {value!r}")
+        norm_type = self.norm_type
+        if isinstance(norm_type, bool) or not isinstance(norm_type, (int, float)) or not norm_type > 0:
+            raise SpecError(f"norm_type must be a positive number or inf, got {norm_type!r}")
+        if self.clip_grad_norm is None and (norm_type != 2.0 or self.error_if_nonfinite):
+            raise SpecError("norm_type and error_if_nonfinite apply to clip_grad_norm: set clip_grad_norm too")
+
+    @property
+    def clipping(self) -> "torch_ref.loop.Clipping | None":
+        """The clipping this run applies on both sides, or None."""
+        if self.clip_grad_norm is None and self.clip_grad_value is None:
+            return None
+        return torch_ref.loop.Clipping(self.clip_grad_norm, float(self.norm_type), self.error_if_nonfinite,
+                                       self.clip_grad_value)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

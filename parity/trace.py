@@ -6,7 +6,10 @@ import dataclasses
 
 import numpy as np
 
-__all__ = ["StepTrace", "STAGES"]
+__all__ = ["StepTrace", "STAGES", "GRAD_NORM"]
+
+#: the gradient stage's name for the total norm ``clip_grad_norm_`` returns
+GRAD_NORM = "total_norm (clip_grad_norm_)"
 
 #: The stages of one step, in the order a step computes them. A divergence is reported at the
 #: earliest stage that differs, since later stages inherit the difference.
@@ -36,6 +39,9 @@ class StepTrace:
     #: the other scheduled values of this update, compared with ``lr``: each further parameter
     #: group's lr ("lr (group 1)"), and the momentum or beta1 a cycling scheduler sets
     hyperparams: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: what ``clip_grad_norm_`` returned (the total norm before clipping), compared at the
+    #: gradient stage after the gradients; None without norm clipping
+    grad_norm: float | None = None
 
     def stage(self, name: str) -> dict[str, np.ndarray]:
         """The tensors of one stage, by torch name."""
@@ -43,6 +49,8 @@ class StepTrace:
             return {"loss": np.asarray(self.loss)}
         if name == "lr":
             return {"lr": np.asarray(self.lr)} | {key: np.asarray(value) for key, value in self.hyperparams.items()}
+        if name == "gradient" and self.grad_norm is not None:
+            return self.grads | {GRAD_NORM: np.asarray(self.grad_norm)}
         fields = {"gradient": "grads", "optimizer_state": "optimizer_state", "parameters": "params",
                   "buffers": "buffers"}
         return getattr(self, fields[name])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,9 +21,37 @@ from torch import nn
 
 from torch_ref.models import WithLoss
 
-__all__ = ["train_step", "train_one_epoch", "evaluate", "train", "train_with_validation", "save_state_dict"]
+__all__ = ["Clipping", "clip_gradients", "train_step", "train_one_epoch", "evaluate", "train",
+           "train_with_validation", "save_state_dict"]
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Clipping:
+    """Gradient clipping as the seed's loop does it between ``backward()`` and ``step()``:
+    ``torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type, error_if_nonfinite)`` when
+    ``max_norm`` is set, then ``clip_grad_value_(params, clip_value)`` when ``clip_value`` is."""
+
+    max_norm: float | None = None
+    norm_type: float = 2.0
+    error_if_nonfinite: bool = False
+    clip_value: float | None = None
+
+
+def clip_gradients(parameters: Iterable[torch.Tensor], clipping: Clipping | None) -> torch.Tensor | None:
+    """Clip the gradients of ``parameters`` in place; returns ``clip_grad_norm_``'s total norm
+    (of the gradients before clipping), or None when only values are clipped or nothing is."""
+    if clipping is None:
+        return None
+    parameters = list(parameters)
+    total_norm = None
+    if clipping.max_norm is not None:
+        total_norm = nn.utils.clip_grad_norm_(parameters, clipping.max_norm, clipping.norm_type,
+                                              error_if_nonfinite=clipping.error_if_nonfinite)
+    if clipping.clip_value is not None:
+        nn.utils.clip_grad_value_(parameters, clipping.clip_value)
+    return total_norm
 
 
 def train_step(
@@ -32,11 +61,13 @@ def train_step(
     inputs: torch.Tensor,
     targets: torch.Tensor,
     before_step: Callable[[], None] | None = None,
+    clipping: Clipping | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step; returns ``(loss, outputs)``.
 
-    ``before_step`` runs after ``backward()`` and before ``optimizer.step()``: the point
-    where gradients are exactly what the optimizer will see.
+    ``clipping`` clips the gradients after ``backward()`` (:func:`clip_gradients`).
+    ``before_step`` runs after that and before ``optimizer.step()``: the point where gradients
+    are exactly what the optimizer will see.
 
     An optimizer that re-evaluates the loss (``torch.optim.LBFGS``) is stepped with a closure,
     as its documentation shows; ``before_step`` then sees the gradients of the first
@@ -44,11 +75,14 @@ def train_step(
     """
     model.train()
     if isinstance(optimizer, torch.optim.LBFGS):
+        if clipping is not None:
+            raise ValueError("LBFGS evaluates its closure several times per step; clip inside the closure")
         return _closure_step(model, criterion, optimizer, inputs, targets, before_step)
     optimizer.zero_grad()
     outputs = model(inputs)
     loss = criterion(outputs, targets)
     loss.backward()
+    clip_gradients(model.parameters(), clipping)
     if before_step is not None:
         before_step()
     optimizer.step()

@@ -13,8 +13,8 @@ from parity.spec import RunSpec, parse_call
 
 __all__ = ["Case", "COMPONENTS", "BASE", "LONG", "float32_cases"]
 
-#: What a case can be about; each is also the RunSpec field that names it.
-COMPONENTS = ("optimizer", "scheduler", "loss", "model")
+#: What a case can be about; each is also the RunSpec field (or property) that names it.
+COMPONENTS = ("optimizer", "scheduler", "loss", "model", "clipping")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +44,10 @@ class Case:
 
     @property
     def covers(self) -> str:
-        """The registry name this case exercises, e.g. ``"SGD"``."""
+        """The registry name this case exercises, e.g. ``"SGD"``; for clipping the torch
+        function (``"clip_grad_norm_"``, or ``"clip_grad_value_"`` when only values are clipped)."""
+        if self.component == "clipping":
+            return "clip_grad_norm_" if self.spec.clip_grad_norm is not None else "clip_grad_value_"
         return parse_call(getattr(self.spec, self.component)).name
 
     def run_spec(self, dtype: str, mode: str = "resync") -> RunSpec:
