@@ -51,6 +51,8 @@ def make_train_step(
     with_grads: bool = False,
     closure: bool = False,
     clip: Callable[[Any], tuple[Any, Any]] | None = None,
+    accumulate: int = 1,
+    accumulate_reduction: str = "mean",
     jit: bool = True,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Any]]]:
     """A pure ``train_step(state, (inputs, targets)) -> (state, metrics)``.
@@ -71,16 +73,32 @@ def make_train_step(
     differentiation and the optimizer, as ``clip_grad_norm_`` between ``backward()`` and
     ``step()``; ``grads`` in ``metrics`` are then the clipped ones and ``grad_norm`` the total
     norm before clipping.
+
+    ``accumulate=K`` is gradient accumulation, torch's ``(loss / K).backward()`` over K
+    micro-batches before one ``step()``: ``batch`` holds them stacked, inputs (K, B, ...) and
+    targets (K, B); their gradients are summed in order in the parameters' dtype (as ``p.grad``
+    accumulates), each micro-batch's forward pass sees the variables the previous one left
+    (BatchNorm's statistics), and ``loss`` is the sum of the backpropagated losses.
+    ``accumulate_reduction="sum"`` backpropagates each loss undivided. ``optax.MultiSteps``
+    differs: it spreads the K micro-batches over K calls, averages, and keeps its accumulator
+    in float32 by default.
     """
     if clip is not None and closure:
         raise ValueError("an optimizer that re-evaluates the loss (LBFGS) cannot be combined with clipping")
+    if accumulate != 1 and closure:
+        raise ValueError("an optimizer that re-evaluates the loss (LBFGS) cannot accumulate micro-batches")
+    if accumulate_reduction not in ("mean", "sum"):
+        raise ValueError(f"accumulate_reduction must be 'mean' or 'sum', got {accumulate_reduction!r}")
     objective = make_objective(graphdef, loss_fn)
+    gradients = (_accumulated(objective, accumulate, accumulate_reduction) if accumulate != 1
+                 else jax.value_and_grad(objective, has_aux=True))
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Any]]:
         _, targets = batch
-        (loss, (logits, rest)), grads = jax.value_and_grad(objective, has_aux=True)(state.params, state.rest, batch)
+        (loss, (logits, rest)), grads = gradients(state.params, state.rest, batch)
         extra = _closure_args(objective, state.rest, batch, loss) if closure else {}
-        metrics: dict[str, Any] = {"loss": loss, "correct": _correct(logits, targets)}
+        last_targets = targets[-1] if accumulate != 1 else targets
+        metrics: dict[str, Any] = {"loss": loss, "correct": _correct(logits, last_targets)}
         if clip is not None:
             grads, total_norm = clip(grads)
             if total_norm is not None:
@@ -112,6 +130,33 @@ def make_objective(graphdef: nnx.GraphDef, loss_fn: LossFn) -> Callable[..., Any
         return loss, (logits, rest)
 
     return objective
+
+
+def _accumulated(objective: Callable[..., Any], accumulate: int, reduction: str) -> Callable[..., Any]:
+    """``value_and_grad(objective)`` summed over ``accumulate`` stacked micro-batches, in order;
+    the logits are the last micro-batch's. Unrolled: K is small, and each micro-batch is then
+    computed exactly as a single step computes it."""
+    divisor = float(accumulate) if reduction == "mean" else None
+
+    def scaled(params, rest, batch):
+        loss, aux = objective(params, rest, batch)
+        return (loss / divisor if divisor else loss), aux
+
+    value_and_grad = jax.value_and_grad(scaled, has_aux=True)
+
+    def accumulated(params, rest, batch):
+        inputs, targets = batch
+        if inputs.shape[0] != accumulate:
+            raise ValueError(f"accumulate={accumulate} needs micro-batches stacked on a leading axis of "
+                             f"{accumulate}, got inputs of shape {inputs.shape}")
+        total, grads, logits = None, None, None
+        for k in range(accumulate):
+            (loss, (logits, rest)), micro = value_and_grad(params, rest, (inputs[k], targets[k]))
+            total = loss if total is None else total + loss
+            grads = micro if grads is None else jax.tree.map(jnp.add, grads, micro)
+        return (total, (logits, rest)), grads
+
+    return accumulated
 
 
 def _loss_and_scores(model: nnx.Module, loss_fn: LossFn | None, inputs: jax.Array, targets: jax.Array):

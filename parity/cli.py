@@ -100,6 +100,12 @@ def _parser() -> argparse.ArgumentParser:
                       help="clip_grad_norm_'s error_if_nonfinite: stop at a non-finite total norm")
     clip.add_argument("--clip-grad-value", type=float, metavar="V", default=defaults.clip_grad_value,
                       help="torch.nn.utils.clip_grad_value_(model.parameters(), V), after any norm clipping")
+    run.add_argument("--accumulate", type=int, metavar="K", default=defaults.accumulate,
+                     help="gradient accumulation: K batches of --batch-size per optimizer step, each loss divided "
+                          "by K before backward() as the seed's loop does (--steps-per-epoch counts optimizer "
+                          "steps)")
+    run.add_argument("--accumulate-reduction", choices=("mean", "sum"), default=defaults.accumulate_reduction,
+                     help="mean: backpropagate loss / K; sum: each loss undivided")
     run.add_argument("--json", metavar="PATH", help="write the full report as JSON")
     run.add_argument("--plot", metavar="PATH", help="write a PNG of losses and per-stage errors over steps")
     run.add_argument("--all-steps", action="store_true", help="print every step's row, not a sample")
@@ -219,6 +225,7 @@ def _run(args: argparse.Namespace) -> int:
             localize=args.localize, rounding_reference=args.rounding_reference,
             clip_grad_norm=args.clip_grad_norm, norm_type=args.norm_type,
             error_if_nonfinite=args.error_if_nonfinite, clip_grad_value=args.clip_grad_value,
+            accumulate=args.accumulate, accumulate_reduction=args.accumulate_reduction,
         )
         console = Console()
         if not console.is_terminal:  # a pipe or file: wide enough for the tables, no colour codes

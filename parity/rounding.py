@@ -48,18 +48,21 @@ class RoundingReference:
         self.replica = copy.deepcopy(model).double()
         self.criterion, self.clipping = criterion, clipping
 
-    def gradients(self, model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor], seed: int,
-                  step: int) -> dict[str, np.ndarray]:
+    def gradients(self, model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], seed: int,
+                  step: int, reduction: str = "mean") -> dict[str, np.ndarray]:
         """The float64 gradients of this step from ``model``'s current (float32) weights and
-        buffers: call it before the float32 step."""
+        buffers: call it before the float32 step. Several ``batches`` are one step's
+        micro-batches, accumulated as :func:`torch_ref.loop.accumulation_step` does."""
         self.replica.load_state_dict(model.state_dict())  # copy_ casts float32 -> float64
-        inputs, targets = batch
-        inputs = inputs.double() if inputs.is_floating_point() else inputs
         self.replica.train()
         self.replica.zero_grad(set_to_none=True)
         with HarnessDropout(self.replica, seed, step):
-            loss = self.criterion(self.replica, self.replica(inputs), targets)
-        loss.backward()
+            for inputs, targets in batches:
+                inputs = inputs.double() if inputs.is_floating_point() else inputs
+                loss = self.criterion(self.replica, self.replica(inputs), targets)
+                if len(batches) > 1 and reduction == "mean":
+                    loss = loss / len(batches)
+                loss.backward()
         clip_gradients(self.replica.parameters(), self.clipping)  # the gradients step() sees
         return {name: to_numpy(p.grad) for name, p in self.replica.named_parameters() if p.grad is not None}
 

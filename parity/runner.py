@@ -163,6 +163,8 @@ def check_port(
     localize: bool | None = None,
     rounding_reference: bool = True,
     clipping: torch_loop.Clipping | None = None,
+    accumulate: int = 1,
+    accumulate_reduction: str = "mean",
 ) -> ParityReport:
     """Train ``torch_model`` and ``jax_model`` side by side and compare every step.
 
@@ -201,6 +203,11 @@ def check_port(
         (:class:`torch_ref.loop.Clipping`: ``clip_grad_norm_`` and/or ``clip_grad_value_``;
         :mod:`jax_impl.clip`); the total norm ``clip_grad_norm_`` returns is compared at the
         gradient stage, after the clipped gradients.
+      accumulate: gradient accumulation, ``K`` consecutive batches of an epoch per optimizer
+        step (:func:`torch_ref.loop.accumulation_step`: each loss divided by K before
+        ``backward()``, or undivided with ``accumulate_reduction="sum"``); every epoch's batch
+        count must be a multiple of K, and a step's batches the same shape. The step's loss is
+        the sum of the backpropagated losses; its dropout masks are shared by its micro-batches.
       seed: the stream of the dropout masks (:mod:`parity.dropout`): during each torch step
         every mask torch draws is replaced by the harness's mask for (seed, step, module), and
         the JAX model's dropout layers get the same masks before its step.
@@ -210,6 +217,13 @@ def check_port(
     if scheduler_interval not in INTERVALS:
         raise SpecError(f"scheduler_interval must be one of {', '.join(INTERVALS)}, got {scheduler_interval!r}")
     steps_per_epoch = _epoch_lengths(epochs, scheduler, scheduler_interval)
+    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
+        raise SpecError(f"accumulate must be a positive integer, got {accumulate!r}")
+    if accumulate_reduction not in ("mean", "sum"):
+        raise SpecError(f"accumulate_reduction must be 'mean' or 'sum', got {accumulate_reduction!r}")
+    if accumulate > 1:
+        epochs = [_micro_batch_groups(index, batches, accumulate) for index, batches in enumerate(epochs)]
+        steps_per_epoch = steps_per_epoch // accumulate if steps_per_epoch else None
     dtype = _dtype_name(torch_model)
     numpy_dtype = DTYPES[dtype][2]
     with_loss = isinstance(loss, str) and jax_impl.losses.carries_parameters(loss)
@@ -257,12 +271,16 @@ def check_port(
     flat_order = convert.FlatOrder.build(converter, params, [n for g in group_names for n in g]) if closure else None
     plateau_states = [plateau.init() for plateau in plateaus] if plateaus else None
     state = TrainState(params, rest, tx.init(params))
+    if accumulate > 1 and closure:
+        raise SpecError(f"optimizer {optimizer}: LBFGS evaluates its closure several times per step; "
+                        "it cannot accumulate micro-batches")
     if clipping is not None and closure:
         raise SpecError(f"optimizer {optimizer}: LBFGS evaluates its closure several times per step; "
                         "gradient clipping between backward() and step() does not apply to it")
     clip = (jax_impl.clip.make_clip(clipping.max_norm, clipping.norm_type, clipping.clip_value)
             if clipping is not None else None)
-    train_step = make_train_step(graphdef, jax_loss, tx, with_grads=True, closure=closure, clip=clip)
+    train_step = make_train_step(graphdef, jax_loss, tx, with_grads=True, closure=closure, clip=clip,
+                                 accumulate=accumulate, accumulate_reduction=accumulate_reduction)
     update_step = make_update_step(tx, objective=make_objective(graphdef, jax_loss) if closure else None)
     eval_step = make_eval_step(graphdef, jax_loss)
 
@@ -274,9 +292,15 @@ def check_port(
         inputs, targets = batch
         return torch.from_numpy(numpy_inputs(inputs)), torch.from_numpy(np.asarray(targets))
 
-    def to_jax(batch: Batch) -> tuple[jax.Array, jax.Array]:
+    def to_jax(batch: Batch | list[Batch]) -> tuple[jax.Array, jax.Array]:
+        if isinstance(batch, list):  # accumulation: the micro-batches stacked, (K, B, ...)
+            return (jnp.asarray(np.stack([numpy_inputs(inputs) for inputs, _ in batch])),
+                    jnp.asarray(np.stack([np.asarray(targets) for _, targets in batch])))
         inputs, targets = batch
         return jnp.asarray(numpy_inputs(inputs)), jnp.asarray(targets)
+
+    def torch_batches(batch: Batch | list[Batch]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [to_torch(b) for b in batch] if isinstance(batch, list) else [to_torch(batch)]
 
     total_steps = sum(len(batches) for batches in epochs)
     started = time.perf_counter()
@@ -297,11 +321,13 @@ def check_port(
             # state's (rebuilt only if needed); in free mode the sides differ, so keep torch's
             torch_before = copy.deepcopy(torch_model.state_dict()) if localizing and mode == "free" else None
             with _first_step_errors(step, "torch"):  # torch's float64 gradients at these weights
-                reference_grads = reference.gradients(torch_model, to_torch(batch), seed, step) if reference else None
+                reference_grads = (reference.gradients(torch_model, torch_batches(batch), seed, step,
+                                                       accumulate_reduction) if reference else None)
             try:
                 with _first_step_errors(step, "torch"), HarnessDropout(torch_model, seed, step) as dropout:
                     torch_loss, captured, torch_norm = _torch_step(
-                        torch_model, torch_criterion, torch_optimizer, names, to_torch(batch), clipping
+                        torch_model, torch_criterion, torch_optimizer, names, torch_batches(batch), clipping,
+                        accumulate_reduction,
                     )
             except RuntimeError as error:
                 if "cannot be clipped" not in str(error):  # clip_grad_norm_(error_if_nonfinite=True)
@@ -360,7 +386,8 @@ def check_port(
             diverged = failure is not None and failure[0] in ("loss", "gradient")
             if localizing and (diverged or (localize and step == 0)):
                 weights = torch_before if torch_before is not None else _torch_state_dict(converter, state_before)
-                where = (torch_model, weights, (graphdef, state_before.params, state_before.rest), batch,
+                first_batch = batch[0] if isinstance(batch, list) else batch  # of the micro-batches
+                where = (torch_model, weights, (graphdef, state_before.params, state_before.rest), first_batch,
                          dropout.masks)
                 if diverged:
                     localization, localization_step = _localize(*where, loss=loss, dtype=dtype, step=step), step
@@ -415,6 +442,20 @@ def check_port(
         localization, localization_step = _localize(*first_step, loss=loss, dtype=dtype, step=0), 0
     return ParityReport(config, dtype, mode, comparisons, summaries, time.perf_counter() - started, versions(),
                         dict(tolerances or {}), halted, localization, localization_step)
+
+
+def _micro_batch_groups(epoch: int, batches: Sequence[Batch], accumulate: int) -> list[list[Batch]]:
+    """An epoch's batches in groups of ``accumulate``, one group per optimizer step."""
+    if len(batches) % accumulate:
+        raise SpecError(f"accumulate={accumulate}: epoch {epoch} has {len(batches)} batches, not a multiple of "
+                        f"{accumulate} (the seed's loop would leave the last gradients unapplied)")
+    groups = [list(batches[i:i + accumulate]) for i in range(0, len(batches), accumulate)]
+    for index, group in enumerate(groups):
+        shapes = {(np.shape(inputs), np.shape(targets)) for inputs, targets in group}
+        if len(shapes) != 1:
+            raise SpecError(f"accumulate={accumulate}: the batches of epoch {epoch}, step {index} differ in shape "
+                            f"({sorted(shapes)}); micro-batches of one step must be the same size")
+    return groups
 
 
 def _reference_criterion(loss: str | tuple[Callable, Callable], with_loss: bool) -> Callable:
@@ -591,11 +632,12 @@ def _first_step_errors(step: int, side: str):
         raise SpecError(f"the {side} side failed on the first batch: {message}") from None
 
 
-def _torch_step(model, criterion, optimizer, names, batch,
-                clipping: torch_loop.Clipping | None = None) -> tuple[torch.Tensor, dict[str, np.ndarray], float | None]:
-    """``torch_ref.loop.train_step`` on ``batch``; also returns the gradients ``step()`` saw
-    and what ``clip_grad_norm_`` returned (the harness clips, with the loop's own
-    :func:`torch_ref.loop.clip_gradients`, where the loop would, to keep the total norm)."""
+def _torch_step(model, criterion, optimizer, names, batches, clipping: torch_loop.Clipping | None = None,
+                accumulate_reduction: str = "mean") -> tuple[torch.Tensor, dict[str, np.ndarray], float | None]:
+    """``torch_ref.loop.train_step`` on the one batch of ``batches`` (``accumulation_step`` on
+    several); also returns the gradients ``step()`` saw and what ``clip_grad_norm_`` returned
+    (the harness clips, with the loop's own :func:`torch_ref.loop.clip_gradients`, where the
+    loop would, to keep the total norm)."""
     grads: dict[str, np.ndarray] = {}
     total_norm: list[float] = []
 
@@ -611,7 +653,11 @@ def _torch_step(model, criterion, optimizer, names, batch,
             )
         grads.update({name: convert.to_numpy(p.grad) for p, name in names.items()})
 
-    loss, _ = torch_loop.train_step(model, criterion, optimizer, *batch, before_step=read_grads)
+    if len(batches) == 1:
+        loss, _ = torch_loop.train_step(model, criterion, optimizer, *batches[0], before_step=read_grads)
+    else:
+        loss, _ = torch_loop.accumulation_step(model, criterion, optimizer, batches, before_step=read_grads,
+                                               reduction=accumulate_reduction)
     return loss, grads, (total_norm[0] if total_norm else None)
 
 
@@ -649,14 +695,24 @@ def run(
     if getattr(torch_model, "takes_tokens", False):  # a Transformer: integer tokens, not features
         dataset = dataset.as_tokens(torch_model.vocab_size, model=f"--model {spec.model}")
     available = dataset.batches_per_epoch(spec.batch_size)
-    if spec.steps_per_epoch is not None and spec.steps_per_epoch > available:
+    micro_batches = None if spec.steps_per_epoch is None else spec.steps_per_epoch * spec.accumulate
+    if spec.accumulate > 1:  # whole steps of equal micro-batches only
+        full = len(dataset.x_train) // spec.batch_size
+        available = full - full % spec.accumulate
+        if micro_batches is None:
+            micro_batches = available
+        if available == 0:
+            raise SpecError(f"accumulate={spec.accumulate}: the training split ({len(dataset.x_train)} samples of "
+                            f"{dataset.name}) has {full} full batches of {spec.batch_size}, fewer than one step")
+    if micro_batches is not None and micro_batches > available:
+        per_step = f" x accumulate={spec.accumulate}" if spec.accumulate > 1 else ""
         raise SpecError(
-            f"steps_per_epoch={spec.steps_per_epoch} exceeds the {available} batches of size "
+            f"steps_per_epoch={spec.steps_per_epoch}{per_step} exceeds the {available} batches of size "
             f"{spec.batch_size} in the training split ({len(dataset.x_train)} samples of {dataset.name})"
         )
     numpy_dtype = DTYPES[spec.dtype][2]
     epochs = [
-        list(dataset.train_batches(epoch, spec.batch_size, spec.seed, spec.steps_per_epoch, numpy_dtype))
+        list(dataset.train_batches(epoch, spec.batch_size, spec.seed, micro_batches, numpy_dtype))
         for epoch in range(spec.epochs)
     ]
     val_batches = list(dataset.val_batches(spec.batch_size, numpy_dtype))
@@ -667,6 +723,7 @@ def run(
         param_groups=[parse_param_group(text) for text in spec.param_groups],
         val_batches=val_batches, mode=spec.mode, progress=progress, tolerances=tolerances, seed=spec.seed,
         localize=spec.localize, rounding_reference=spec.rounding_reference, clipping=spec.clipping,
+        accumulate=spec.accumulate, accumulate_reduction=spec.accumulate_reduction,
         config=spec.to_dict() | {"data_name": dataset.name, "train_samples": len(dataset.x_train),
                                  "val_samples": len(dataset.x_val), "input_size": dataset.input_size,
                                  "num_classes": dataset.num_classes},

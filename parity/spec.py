@@ -65,6 +65,11 @@ class RunSpec:
     error_if_nonfinite: bool = False
     #: torch.nn.utils.clip_grad_value_(model.parameters(), clip_grad_value), after any norm clipping
     clip_grad_value: float | None = None
+    #: gradient accumulation: this many batches per optimizer step (steps_per_epoch counts
+    #: optimizer steps); each loss divided by it before backward() ("mean", the seed's pattern)
+    #: or not ("sum")
+    accumulate: int = 1
+    accumulate_reduction: str = "mean"
 
     def __post_init__(self) -> None:
         for key in ("model", "loss", "optimizer", "scheduler"):
@@ -94,6 +99,8 @@ class RunSpec:
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not value >= 0 or value == float("inf")):
                 raise SpecError(f"{key} must be a finite non-negative number, got {value!r}")
+        _positive("accumulate", self.accumulate)
+        _choice("accumulate_reduction", self.accumulate_reduction, ("mean", "sum"))
         norm_type = self.norm_type
         if isinstance(norm_type, bool) or not isinstance(norm_type, (int, float)) or not norm_type > 0:
             raise SpecError(f"norm_type must be a positive number or inf, got {norm_type!r}")

@@ -21,7 +21,7 @@ from torch import nn
 
 from torch_ref.models import WithLoss
 
-__all__ = ["Clipping", "clip_gradients", "train_step", "train_one_epoch", "evaluate", "train",
+__all__ = ["Clipping", "clip_gradients", "train_step", "accumulation_step", "train_one_epoch", "evaluate", "train",
            "train_with_validation", "save_state_dict"]
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -87,6 +87,41 @@ def train_step(
         before_step()
     optimizer.step()
     return loss, outputs
+
+
+def accumulation_step(
+    model: nn.Module,
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
+    before_step: Callable[[], None] | None = None,
+    clipping: Clipping | None = None,
+    reduction: str = "mean",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step over ``K = len(micro_batches)`` micro-batches, the seed's gradient
+    accumulation: ``(criterion(model(x), y) / K).backward()`` for each (``reduction="mean"``;
+    ``"sum"`` backpropagates each loss undivided), so the gradients add up in ``p.grad``; then
+    clipping, ``before_step`` and ``optimizer.step()``. Returns the sum of the backpropagated
+    losses (the mean micro-batch loss for ``"mean"``) and the last micro-batch's outputs."""
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    if isinstance(optimizer, torch.optim.LBFGS):
+        raise ValueError("LBFGS evaluates its closure several times per step; it cannot accumulate micro-batches")
+    model.train()
+    optimizer.zero_grad()
+    total, outputs = None, None
+    for inputs, targets in micro_batches:
+        outputs = model(inputs)
+        loss = criterion(outputs, targets)
+        if reduction == "mean":
+            loss = loss / len(micro_batches)
+        loss.backward()  # adds to p.grad
+        total = loss.detach() if total is None else total + loss.detach()
+    clip_gradients(model.parameters(), clipping)
+    if before_step is not None:
+        before_step()
+    optimizer.step()
+    return total, outputs
 
 
 def _closure_step(model, criterion, optimizer, inputs, targets, before_step):

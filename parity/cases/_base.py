@@ -14,7 +14,7 @@ from parity.spec import RunSpec, parse_call
 __all__ = ["Case", "COMPONENTS", "BASE", "LONG", "float32_cases"]
 
 #: What a case can be about; each is also the RunSpec field (or property) that names it.
-COMPONENTS = ("optimizer", "scheduler", "loss", "model", "clipping")
+COMPONENTS = ("optimizer", "scheduler", "loss", "model", "clipping", "accumulation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +34,10 @@ class Case:
     def __post_init__(self) -> None:
         if self.component not in COMPONENTS:
             raise ValueError(f"case {self.name}: component must be one of {', '.join(COMPONENTS)}")
-        if getattr(self.spec, self.component) is None:
+        if self.component == "accumulation":
+            if self.spec.accumulate < 2:
+                raise ValueError(f"case {self.name}: an accumulation case needs accumulate >= 2")
+        elif getattr(self.spec, self.component) is None:
             raise ValueError(f"case {self.name}: its spec has no {self.component}")
         for key, tolerance in self.tolerances.items():
             if key not in TOLERANCES:
@@ -48,6 +51,8 @@ class Case:
         function (``"clip_grad_norm_"``, or ``"clip_grad_value_"`` when only values are clipped)."""
         if self.component == "clipping":
             return "clip_grad_norm_" if self.spec.clip_grad_norm is not None else "clip_grad_value_"
+        if self.component == "accumulation":  # the seed's loss / K, or undivided losses
+            return f"accumulate ({self.spec.accumulate_reduction})"
         return parse_call(getattr(self.spec, self.component)).name
 
     def run_spec(self, dtype: str, mode: str = "resync") -> RunSpec:

@@ -66,6 +66,7 @@ def test_case_names_are_unique():
     ("model", jax_impl.models.MODELS),
     ("model", torch_ref.models.MODELS),
     ("clipping", {"clip_grad_norm_", "clip_grad_value_"}),
+    ("accumulation", {"accumulate (mean)", "accumulate (sum)"}),
 ])
 def test_every_supported_name_has_a_case(component, registry):
     covered = {case.covers for case in CASES if case.component == component}
@@ -80,7 +81,8 @@ def test_every_supported_name_has_a_case(component, registry):
 def test_every_case_names_a_registered_component():
     registries = {"optimizer": jax_impl.optim.OPTIMIZERS, "scheduler": jax_impl.schedules.SCHEDULERS,
                   "loss": jax_impl.losses.LOSSES, "model": jax_impl.models.MODELS,
-                  "clipping": {"clip_grad_norm_", "clip_grad_value_"}}
+                  "clipping": {"clip_grad_norm_", "clip_grad_value_"},
+                  "accumulation": {"accumulate (mean)", "accumulate (sum)"}}
     unknown = [case.name for case in CASES if case.covers not in registries[case.component]]
     assert not unknown
 

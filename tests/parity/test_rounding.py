@@ -23,7 +23,7 @@ def test_reference_gradients_are_torchs_float64_gradients_of_the_same_weights():
     x, y = torch.rand(6, 64), torch.arange(6) % 10
     reference = RoundingReference(model, lambda replica, outputs, targets: torch.nn.functional.cross_entropy(
         outputs, targets))
-    grads = reference.gradients(model, (x, y), seed=3, step=5)
+    grads = reference.gradients(model, [(x, y)], seed=3, step=5)
 
     from parity.dropout import HarnessDropout
     float64 = CNN(input_size=64, channels=2, dropout=0.5).double()
