@@ -34,7 +34,7 @@ from jax_impl.layers import DropoutMask
 from jax_impl.loop import evaluate as jax_evaluate
 from jax_impl.spec import SpecError
 from jax_impl.step import TrainState, make_eval_step, make_objective, make_train_step, make_update_step
-from parity import convert, data
+from parity import checkpoints, convert, data
 from parity.dropout import HarnessDropout, hand_masks_to_jax
 from parity.compare import StepComparison, Tolerance, compare_steps, compare_tensors, tolerance
 from parity.spec import DTYPES, INTERVALS, MODES, RunSpec, build_models, parse_param_group, build_torch_loss, build_torch_optimizer, build_torch_scheduler
@@ -45,6 +45,7 @@ __all__ = ["EpochSummary", "ParityReport", "check_port", "run", "BUFFERS"]
 
 Batch = tuple[np.ndarray, np.ndarray]
 Progress = Callable[[StepComparison, int], None]  # (this step's comparison, total steps)
+StepObserver = Callable[[StepComparison, StepTrace, StepTrace], None]  # (comparison, torch trace, JAX trace)
 
 #: The variables of the JAX state's non-parameter part that hold torch's buffers (BatchNorm's
 #: statistics): all but dropout's random streams and its masks, which have no torch name.
@@ -159,6 +160,8 @@ def check_port(
     tolerances: Mapping[tuple[str, str], Tolerance] | None = None,
     seed: int = 0,
     localize: bool | None = None,
+    checkpointing: checkpoints.Checkpointing | None = None,
+    on_step: StepObserver | None = None,
 ) -> ParityReport:
     """Train ``torch_model`` and ``jax_model`` side by side and compare every step.
 
@@ -191,6 +194,9 @@ def check_port(
       seed: the stream of the dropout masks (:mod:`parity.dropout`): during each torch step
         every mask torch draws is replaced by the harness's mask for (seed, step, module), and
         the JAX model's dropout layers get the same masks before its step.
+      checkpointing: full and best-model checkpoints, and the checkpoint to resume from
+        (:mod:`parity.checkpoints`); the report then holds the steps from the resumed position.
+      on_step: called after each step with its comparison and both sides' traces.
     """
     if mode not in MODES:
         raise SpecError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -261,9 +267,36 @@ def check_port(
     halted = None
     localization, localization_step, first_step = None, None, None  # first_step: to localise step 0
     masked: set[str] = set()  # the JAX dropout layers holding a mask
+    config = {"model": type(torch_model).__name__, "loss": loss if isinstance(loss, str) else "custom loss pair"} | dict(
+        config or {}) | {"optimizer": optimizer, "scheduler": scheduler, "scheduler_interval": scheduler_interval,
+                         "mode": mode, "dtype": dtype}
+    position, saving = checkpoints.Position(0, 0, 0), checkpointing is not None and checkpointing.directory is not None
+    saved_objects = dict(torch_model=torch_model, torch_optimizer=torch_optimizer, torch_scheduler=torch_scheduler,
+                         buffers_filter=BUFFERS)
+    if checkpointing is not None and checkpointing.resume is not None:
+        def from_torch(steps_taken: int) -> TrainState:  # cross-framework resume: JAX from torch's state
+            return TrainState(
+                converter.to_jax(_torch_params(torch_model), state.params, what="parameters"),
+                _load_buffers(converter, _torch_buffers(torch_model), state.rest),
+                convert.load_torch_optimizer_state(state.opt_state, torch_optimizer, names, converter, steps_taken,
+                                                   include_hyperparams=True, flat_order=flat_order))
+
+        resumed = checkpoints.restore(checkpointing.resume, config, jax_state=state, plateau_states=plateau_states,
+                                      from_torch=from_torch, steps_per_epoch=steps_per_epoch, **saved_objects)
+        position, state, plateau_states, step = resumed.position, resumed.jax_state, resumed.plateau_states, \
+            resumed.position.step
+        if position.epoch >= len(epochs):
+            raise SpecError(f"checkpoint {checkpointing.resume} is at epoch {position.epoch}; this run has only "
+                            f"{len(epochs)} epoch(s): give more epochs to continue it")
+    best = {"torch": position.torch_best, "jax": position.jax_best}
     for epoch, batches in enumerate(epochs):
-        torch_losses, jax_losses = [], []
-        for batch in batches:
+        if epoch < position.epoch:
+            continue
+        resuming = epoch == position.epoch
+        torch_losses, jax_losses = (list(position.torch_losses), list(position.jax_losses)) if resuming else ([], [])
+        for index, batch in enumerate(batches):
+            if resuming and index < position.batch:
+                continue
             # torch: the user's loop, with the gradients read just before optimizer.step()
             torch_lr = float(torch_optimizer.param_groups[0]["lr"])
             torch_hyperparams = _scheduled_hyperparams(torch_optimizer.param_groups, numpy_dtype, torch_scheduler)
@@ -320,6 +353,8 @@ def check_port(
             )
             comparison = compare_steps(step, epoch, torch_trace, jax_trace, dtype, mode, tolerances)
             comparisons.append(comparison)
+            if on_step is not None:
+                on_step(comparison, torch_trace, jax_trace)
             failure = comparison.first_failure
             diverged = failure is not None and failure[0] in ("loss", "gradient")
             if localizing and (diverged or (localize and step == 0)):
@@ -351,6 +386,10 @@ def check_port(
                     # the divergence this step found makes torch's state unloadable: report it
                     halted = f"resync stopped after step {step - 1}: torch's state does not fit the JAX state: {error}"
                     break
+            if saving and checkpointing.due(step) and index + 1 < len(batches):
+                checkpoints.save_full(checkpointing.directory, checkpoints.Position(
+                    epoch, index + 1, step, tuple(torch_losses), tuple(jax_losses), best["torch"], best["jax"]),
+                    config, jax_state=state, plateau_states=plateau_states, **saved_objects)
         if halted is not None:
             summaries.append(EpochSummary(epoch, float(np.mean(torch_losses)), float(np.mean(jax_losses))))
             break
@@ -372,9 +411,15 @@ def check_port(
                 torch_val_accuracy=torch_val[1], jax_val_accuracy=jax_val[1], val_ok=val_ok,
             )
         summaries.append(summary)
-    defaults = {"model": type(torch_model).__name__, "loss": loss if isinstance(loss, str) else "custom loss pair"}
-    config = defaults | dict(config or {}) | {"optimizer": optimizer, "scheduler": scheduler,
-                                   "scheduler_interval": scheduler_interval, "mode": mode, "dtype": dtype}
+        if saving:
+            for side, value in (("torch", summary.torch_val_loss), ("jax", summary.jax_val_loss)):
+                if value is not None and (best[side] is None or value < best[side]):
+                    best[side] = value
+                    checkpoints.save_best(checkpointing.directory, side, epoch, value, torch_model=torch_model,
+                                          jax_state=state, buffers_filter=BUFFERS)
+            checkpoints.save_full(checkpointing.directory, checkpoints.Position(
+                epoch + 1, 0, step, (), (), best["torch"], best["jax"]),
+                config, jax_state=state, plateau_states=plateau_states, **saved_objects)
     if localization is None and first_step is not None:
         localization, localization_step = _localize(*first_step, loss=loss, dtype=dtype, step=0), 0
     return ParityReport(config, dtype, mode, comparisons, summaries, time.perf_counter() - started, versions(),
@@ -549,6 +594,7 @@ def run(
     progress: Progress | None = None,
     tolerances: Mapping[tuple[str, str], Tolerance] | None = None,
     scheduler_arguments: Mapping[str, Any] | None = None,
+    on_step: StepObserver | None = None,
 ) -> ParityReport:
     """Run the configuration ``spec`` describes (data, models, components) through :func:`check_port`.
 
@@ -579,6 +625,8 @@ def run(
         scheduler=spec.scheduler, scheduler_interval=spec.scheduler_interval,
         scheduler_arguments=scheduler_arguments,
         param_groups=[parse_param_group(text) for text in spec.param_groups],
+        checkpointing=checkpoints.Checkpointing(spec.checkpoint_dir, spec.checkpoint_every, spec.resume)
+        if spec.checkpoint_dir or spec.resume else None, on_step=on_step,
         val_batches=val_batches, mode=spec.mode, progress=progress, tolerances=tolerances, seed=spec.seed, localize=spec.localize,
         config=spec.to_dict() | {"data_name": dataset.name, "train_samples": len(dataset.x_train),
                                  "val_samples": len(dataset.x_val), "input_size": dataset.input_size,

@@ -54,6 +54,12 @@ class RunSpec:
     #: layer-by-layer localisation: None on the first loss/gradient divergence, True also of
     #: step 0 when nothing diverges, False never (parity.runner.check_port's ``localize``)
     localize: bool | None = None
+    #: full checkpoints after every epoch (and every ``checkpoint_every`` steps) and best-model
+    #: checkpoints on validation loss, in this directory (:mod:`parity.checkpoints`)
+    checkpoint_dir: str | None = None
+    checkpoint_every: int | None = None
+    #: a full checkpoint directory to continue from
+    resume: str | None = None
 
     def __post_init__(self) -> None:
         for key in ("model", "loss", "optimizer", "scheduler"):
@@ -76,6 +82,10 @@ class RunSpec:
         _positive("batch_size", self.batch_size)
         if self.steps_per_epoch is not None:
             _positive("steps_per_epoch", self.steps_per_epoch)
+        if self.checkpoint_every is not None:
+            _positive("checkpoint_every", self.checkpoint_every)
+            if self.checkpoint_dir is None:
+                raise SpecError("checkpoint_every needs checkpoint_dir")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise SpecError(f"seed must be a non-negative integer, got {self.seed!r}")
 
