@@ -85,6 +85,15 @@ def _parser() -> argparse.ArgumentParser:
                      help="compare the models layer by layer on the first step whose loss or gradients diverge "
                           "(default: on when one does); --localize also shows step 0's layers when nothing "
                           "diverges, --no-localize turns it off")
+    # checkpoints, resume (parity.checkpoints)
+    run.add_argument("--checkpoint-dir", metavar="DIR",
+                     help="write full checkpoints of both sides after every epoch (DIR/step-NNNNNN/: torch.pt, "
+                          "jax.npz) and best-model checkpoints on validation loss (DIR/best_torch.pt, best_jax.npz)")
+    run.add_argument("--checkpoint-every", type=int, metavar="N",
+                     help="also write a full checkpoint every N optimizer steps within an epoch")
+    run.add_argument("--resume", metavar="DIR",
+                     help="continue from a full checkpoint directory; one holding only torch.pt (a PyTorch "
+                          "checkpoint) starts the JAX side from torch's state")
     run.add_argument("--json", metavar="PATH", help="write the full report as JSON")
     run.add_argument("--plot", metavar="PATH", help="write a PNG of losses and per-stage errors over steps")
     run.add_argument("--all-steps", action="store_true", help="print every step's row, not a sample")
@@ -117,6 +126,7 @@ def _run(args: argparse.Namespace) -> int:
     from parity import report as reports
     from parity.convert import ConversionError
     from parity.data import DataError
+    from jax_impl.checkpoint import CheckpointError
 
     _check_output("--json", args.json)
     _check_output("--plot", args.plot, ".png")
@@ -129,13 +139,14 @@ def _run(args: argparse.Namespace) -> int:
             scheduler_interval=args.scheduler_interval, epochs=args.epochs,
             steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, seed=args.seed,
             dtype=args.dtype, mode=args.mode, data=args.data, param_groups=tuple(args.param_groups),
-            localize=args.localize,
+            localize=args.localize, checkpoint_dir=args.checkpoint_dir,
+            checkpoint_every=args.checkpoint_every, resume=args.resume,
         )
         console = Console()
         if not console.is_terminal:  # a pipe or file: wide enough for the tables, no colour codes
             console = Console(width=120)
         result = _run_with_progress(spec)
-    except (parity.SpecError, DataError, ConversionError) as error:
+    except (parity.SpecError, DataError, ConversionError, CheckpointError) as error:
         raise BadInput(str(error)) from None
     reports.render(result, console, all_steps=args.all_steps)
     if args.json:
