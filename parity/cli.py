@@ -94,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="DIR",
                      help="continue from a full checkpoint directory; one holding only torch.pt (a PyTorch "
                           "checkpoint) starts the JAX side from torch's state")
+    run.add_argument("--stats", action="store_true",
+                     help="gradient statistics (norm, mean, max abs) per parameter every step and activation "
+                          "statistics (mean, std) per module on each epoch's first step, both sides")
     run.add_argument("--json", metavar="PATH", help="write the full report as JSON")
     run.add_argument("--plot", metavar="PATH", help="write a PNG of losses and per-stage errors over steps")
     run.add_argument("--all-steps", action="store_true", help="print every step's row, not a sample")
@@ -140,7 +143,7 @@ def _run(args: argparse.Namespace) -> int:
             steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, seed=args.seed,
             dtype=args.dtype, mode=args.mode, data=args.data, param_groups=tuple(args.param_groups),
             localize=args.localize, checkpoint_dir=args.checkpoint_dir,
-            checkpoint_every=args.checkpoint_every, resume=args.resume,
+            checkpoint_every=args.checkpoint_every, resume=args.resume, stats=args.stats,
         )
         console = Console()
         if not console.is_terminal:  # a pipe or file: wide enough for the tables, no colour codes

@@ -35,6 +35,7 @@ from jax_impl.loop import evaluate as jax_evaluate
 from jax_impl.spec import SpecError
 from jax_impl.step import TrainState, make_eval_step, make_objective, make_train_step, make_update_step
 from parity import checkpoints, convert, data
+from parity import stats as debug_stats
 from parity.dropout import HarnessDropout, hand_masks_to_jax
 from parity.compare import StepComparison, Tolerance, compare_steps, compare_tensors, tolerance
 from parity.spec import DTYPES, INTERVALS, MODES, RunSpec, build_models, parse_param_group, build_torch_loss, build_torch_optimizer, build_torch_scheduler
@@ -81,6 +82,10 @@ class ParityReport:
     #: gradients diverge (or of step 0 when asked for and nothing diverges); a string if it failed
     localization: Any = None
     localization_step: int | None = None
+    #: the first NaN or Inf in either side's trace, named by step, tensor and stage
+    nonfinite: str | None = None
+    #: per-step gradient and activation statistics (``stats=True``)
+    stats: list[Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -162,6 +167,7 @@ def check_port(
     localize: bool | None = None,
     checkpointing: checkpoints.Checkpointing | None = None,
     on_step: StepObserver | None = None,
+    stats: bool = False,
 ) -> ParityReport:
     """Train ``torch_model`` and ``jax_model`` side by side and compare every step.
 
@@ -197,6 +203,7 @@ def check_port(
       checkpointing: full and best-model checkpoints, and the checkpoint to resume from
         (:mod:`parity.checkpoints`); the report then holds the steps from the resumed position.
       on_step: called after each step with its comparison and both sides' traces.
+      stats: record gradient and activation statistics of both sides (:mod:`parity.stats`).
     """
     if mode not in MODES:
         raise SpecError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -289,6 +296,8 @@ def check_port(
             raise SpecError(f"checkpoint {checkpointing.resume} is at epoch {position.epoch}; this run has only "
                             f"{len(epochs)} epoch(s): give more epochs to continue it")
     best = {"torch": position.torch_best, "jax": position.jax_best}
+    recorder = debug_stats.Recorder(loss, dtype) if stats else None
+    nonfinite = None
     for epoch, batches in enumerate(epochs):
         if epoch < position.epoch:
             continue
@@ -304,6 +313,9 @@ def check_port(
             # the weights before this step, for localisation: in resync mode they are the JAX
             # state's (rebuilt only if needed); in free mode the sides differ, so keep torch's
             torch_before = copy.deepcopy(torch_model.state_dict()) if localizing and mode == "free" else None
+            if recorder is not None:
+                recorder.before_step(index == (position.batch if resuming else 0), torch_model,
+                                     lambda: nnx.merge(graphdef, state.params, state.rest), batch, {})
             with _first_step_errors(step, "torch"), HarnessDropout(torch_model, seed, step) as dropout:
                 torch_loss, captured = _torch_step(
                     torch_model, torch_criterion, torch_optimizer, names, to_torch(batch)
@@ -355,6 +367,9 @@ def check_port(
             comparisons.append(comparison)
             if on_step is not None:
                 on_step(comparison, torch_trace, jax_trace)
+            if recorder is not None:
+                recorder.after_step(step, epoch, torch_trace, jax_trace)
+            nonfinite = nonfinite or debug_stats.first_nonfinite(step, torch_trace, jax_trace)
             failure = comparison.first_failure
             diverged = failure is not None and failure[0] in ("loss", "gradient")
             if localizing and (diverged or (localize and step == 0)):
@@ -423,7 +438,8 @@ def check_port(
     if localization is None and first_step is not None:
         localization, localization_step = _localize(*first_step, loss=loss, dtype=dtype, step=0), 0
     return ParityReport(config, dtype, mode, comparisons, summaries, time.perf_counter() - started, versions(),
-                        dict(tolerances or {}), halted, localization, localization_step)
+                        dict(tolerances or {}), halted, localization, localization_step, nonfinite,
+                        recorder.steps if recorder is not None else None)
 
 
 def _torch_state_dict(converter: convert.Converter, state: TrainState) -> dict[str, torch.Tensor]:
@@ -626,7 +642,7 @@ def run(
         scheduler_arguments=scheduler_arguments,
         param_groups=[parse_param_group(text) for text in spec.param_groups],
         checkpointing=checkpoints.Checkpointing(spec.checkpoint_dir, spec.checkpoint_every, spec.resume)
-        if spec.checkpoint_dir or spec.resume else None, on_step=on_step,
+        if spec.checkpoint_dir or spec.resume else None, on_step=on_step, stats=spec.stats,
         val_batches=val_batches, mode=spec.mode, progress=progress, tolerances=tolerances, seed=spec.seed, localize=spec.localize,
         config=spec.to_dict() | {"data_name": dataset.name, "train_samples": len(dataset.x_train),
                                  "val_samples": len(dataset.x_val), "input_size": dataset.input_size,

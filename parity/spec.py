@@ -60,6 +60,8 @@ class RunSpec:
     checkpoint_every: int | None = None
     #: a full checkpoint directory to continue from
     resume: str | None = None
+    #: gradient and activation statistics of both sides in the report (:mod:`parity.stats`)
+    stats: bool = False
 
     def __post_init__(self) -> None:
         for key in ("model", "loss", "optimizer", "scheduler"):
