@@ -97,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--stats", action="store_true",
                      help="gradient statistics (norm, mean, max abs) per parameter every step and activation "
                           "statistics (mean, std) per module on each epoch's first step, both sides")
+    run.add_argument("--tensorboard", metavar="DIR",
+                     help="write TensorBoard event files of both sides to DIR/torch and DIR/jax: loss, lr, gradient "
+                          "norms, and the JAX side's parity errors per stage (needs tensorboardX)")
     run.add_argument("--json", metavar="PATH", help="write the full report as JSON")
     run.add_argument("--plot", metavar="PATH", help="write a PNG of losses and per-stage errors over steps")
     run.add_argument("--all-steps", action="store_true", help="print every step's row, not a sample")
@@ -144,6 +147,7 @@ def _run(args: argparse.Namespace) -> int:
             dtype=args.dtype, mode=args.mode, data=args.data, param_groups=tuple(args.param_groups),
             localize=args.localize, checkpoint_dir=args.checkpoint_dir,
             checkpoint_every=args.checkpoint_every, resume=args.resume, stats=args.stats,
+            tensorboard=args.tensorboard,
         )
         console = Console()
         if not console.is_terminal:  # a pipe or file: wide enough for the tables, no colour codes

@@ -636,6 +636,29 @@ def run(
         for epoch in range(spec.epochs)
     ]
     val_batches = list(dataset.val_batches(spec.batch_size, numpy_dtype))
+    writer = None
+    if spec.tensorboard is not None:
+        from parity.tensorboard import TensorBoardWriter
+
+        writer, user_on_step = TensorBoardWriter(spec.tensorboard), on_step
+
+        def on_step(comparison: StepComparison, torch_trace: StepTrace, jax_trace: StepTrace) -> None:
+            writer.on_step(comparison, torch_trace, jax_trace)
+            if user_on_step is not None:
+                user_on_step(comparison, torch_trace, jax_trace)
+    try:
+        report = _run_port(torch_model, jax_model, spec, epochs, val_batches, dataset, on_step, progress, tolerances,
+                           scheduler_arguments)
+        if writer is not None:
+            writer.epochs(report.epochs, report.steps)
+        return report
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _run_port(torch_model, jax_model, spec, epochs, val_batches, dataset, on_step, progress, tolerances,
+              scheduler_arguments) -> ParityReport:
     return check_port(
         torch_model, jax_model, loss=spec.loss, optimizer=spec.optimizer, epochs=epochs,
         scheduler=spec.scheduler, scheduler_interval=spec.scheduler_interval,

@@ -62,6 +62,8 @@ class RunSpec:
     resume: str | None = None
     #: gradient and activation statistics of both sides in the report (:mod:`parity.stats`)
     stats: bool = False
+    #: TensorBoard event files of both sides in DIR/torch and DIR/jax (:mod:`parity.tensorboard`)
+    tensorboard: str | None = None
 
     def __post_init__(self) -> None:
         for key in ("model", "loss", "optimizer", "scheduler"):
