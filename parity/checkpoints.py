@@ -253,7 +253,8 @@ def restore(path: Path, config: Mapping[str, Any], *, torch_model: torch.nn.Modu
                 raise CheckpointError(
                     f"{path}: the torch scheduler's last_epoch {torch_scheduler.last_epoch} does not match "
                     f"step {position.step} at {steps_per_epoch} steps per epoch")
-        return Resumed(position, from_torch(position.step), list(plateau_states) if plateau_states else None, True)
+        plateaus = plateau_from_torch(plateau_states, torch_scheduler, torch_optimizer) if plateau_states else None
+        return Resumed(position, from_torch(position.step), plateaus, True)
     arrays, metadata = jax_checkpoint.load(jax_file)
     if Position.from_dict(metadata.get("position"), jax_file) != position:
         raise CheckpointError(f"{path}: {TORCH_FILE} and {JAX_FILE} are at different positions")
@@ -268,6 +269,21 @@ def restore(path: Path, config: Mapping[str, Any], *, torch_model: torch.nn.Modu
         plateaus = [_into(p, _section(arrays, f"plateau/{i}/"), f"plateau {i}", jax_file)
                     for i, p in enumerate(plateau_states)]
     return Resumed(position, state, plateaus, False)
+
+
+def plateau_from_torch(plateau_states: Sequence[Any], torch_scheduler: Any,
+                       torch_optimizer: torch.optim.Optimizer) -> list[Any]:
+    """The JAX ``ReduceLROnPlateau`` states (one per parameter group) of a torch
+    ``ReduceLROnPlateau`` and its optimizer: each group's current lr, and the scheduler's
+    ``best``, ``num_bad_epochs``, ``cooldown_counter`` and ``last_epoch``."""
+    def cast(value: Any, like: Any) -> jax.Array:
+        return jnp.asarray(value, dtype=jnp.result_type(like))
+
+    return [state._replace(lr=cast(group["lr"], state.lr), best=cast(torch_scheduler.best, state.best),
+                           num_bad_epochs=cast(torch_scheduler.num_bad_epochs, state.num_bad_epochs),
+                           cooldown_counter=cast(torch_scheduler.cooldown_counter, state.cooldown_counter),
+                           last_epoch=cast(torch_scheduler.last_epoch, state.last_epoch))
+            for state, group in zip(plateau_states, torch_optimizer.param_groups, strict=True)]
 
 
 def describe(path: Path) -> str:
