@@ -228,12 +228,12 @@ def test_torch_plateau_state_continues_in_jax():
 
 
 @pytest.mark.parametrize("components", [
-    dict(optimizer="LBFGS(lr=0.5, max_iter=3)", scheduler=None),  # flat state over all parameters
+    dict(optimizer="LBFGS(lr=0.5, max_iter=2)", scheduler=None),  # flat state over all parameters
     dict(optimizer="SGD(lr=0.05)", scheduler="ReduceLROnPlateau(patience=0, factor=0.5)"),  # stepped on val loss
 ], ids=["LBFGS", "ReduceLROnPlateau"])
 def test_resume_lbfgs_and_plateau(components, tmp_path):
-    """Exact resume after epoch 0 of 3 (float64), and the torch-only checkpoint continued in JAX."""
-    options = dict(epochs=3, steps_per_epoch=2, batch_size=32, data="synthetic", dtype="float64", **components)
+    """Exact resume after epoch 0 of 2 (float64), and the torch-only checkpoint continued in JAX."""
+    options = dict(epochs=2, steps_per_epoch=2, batch_size=32, data="synthetic", dtype="float64", **components)
     report, traces = _traced(RunSpec(**options, checkpoint_dir=str(tmp_path)))
     assert report.ok
     resumed, resumed_traces = _traced(RunSpec(**options, resume=str(tmp_path / "step-000002")))
@@ -242,4 +242,4 @@ def test_resume_lbfgs_and_plateau(components, tmp_path):
     checkpoint = _torch_only(tmp_path / "step-000002", tmp_path / "torch-only")
     crossed = run(RunSpec(**dict(options, mode="free"), resume=str(checkpoint)))
     assert crossed.ok, crossed.first_divergence
-    assert [c.step for c in crossed.steps] == [2, 3, 4, 5]
+    assert [c.step for c in crossed.steps] == [2, 3]
