@@ -106,6 +106,21 @@ def _parser() -> argparse.ArgumentParser:
                           "steps)")
     run.add_argument("--accumulate-reduction", choices=("mean", "sum"), default=defaults.accumulate_reduction,
                      help="mean: backpropagate loss / K; sum: each loss undivided")
+    # checkpoints, resume (parity.checkpoints)
+    run.add_argument("--checkpoint-dir", metavar="DIR",
+                     help="write full checkpoints of both sides after every epoch (DIR/step-NNNNNN/: torch.pt, "
+                          "jax.npz) and best-model checkpoints on validation loss (DIR/best_torch.pt, best_jax.npz)")
+    run.add_argument("--checkpoint-every", type=int, metavar="N",
+                     help="also write a full checkpoint every N optimizer steps within an epoch")
+    run.add_argument("--resume", metavar="DIR",
+                     help="continue from a full checkpoint directory; one holding only torch.pt (a PyTorch "
+                          "checkpoint) starts the JAX side from torch's state")
+    run.add_argument("--stats", action="store_true",
+                     help="gradient statistics (norm, mean, max abs) per parameter every step and activation "
+                          "statistics (mean, std) per module on each epoch's first step, both sides")
+    run.add_argument("--tensorboard", metavar="DIR",
+                     help="write TensorBoard event files of both sides to DIR/torch and DIR/jax: loss, lr, gradient "
+                          "norms, and the JAX side's parity errors per stage (needs tensorboardX)")
     run.add_argument("--json", metavar="PATH", help="write the full report as JSON")
     run.add_argument("--plot", metavar="PATH", help="write a PNG of losses and per-stage errors over steps")
     run.add_argument("--all-steps", action="store_true", help="print every step's row, not a sample")
@@ -210,6 +225,7 @@ def _run(args: argparse.Namespace) -> int:
     from parity import report as reports
     from parity.convert import ConversionError
     from parity.data import DataError
+    from jax_impl.checkpoint import CheckpointError
 
     _check_output("--json", args.json)
     _check_output("--plot", args.plot, ".png")
@@ -226,12 +242,14 @@ def _run(args: argparse.Namespace) -> int:
             clip_grad_norm=args.clip_grad_norm, norm_type=args.norm_type,
             error_if_nonfinite=args.error_if_nonfinite, clip_grad_value=args.clip_grad_value,
             accumulate=args.accumulate, accumulate_reduction=args.accumulate_reduction,
+            checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
+            stats=args.stats, tensorboard=args.tensorboard,
         )
         console = Console()
         if not console.is_terminal:  # a pipe or file: wide enough for the tables, no colour codes
             console = Console(width=120)
         result = _run_with_progress(spec)
-    except (parity.SpecError, DataError, ConversionError) as error:
+    except (parity.SpecError, DataError, ConversionError, CheckpointError) as error:
         raise BadInput(str(error)) from None
     reports.render(result, console, all_steps=args.all_steps)
     if args.json:

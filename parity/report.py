@@ -182,9 +182,42 @@ def render(report: ParityReport, console: Console, *, all_steps: bool = False) -
             console.print(line, highlight=False, markup=False)
         if report.halted:
             console.print(report.halted, highlight=False, markup=False)
+    if report.nonfinite:
+        console.print(f"[bold red]first non-finite value[/]: {report.nonfinite}", highlight=False)
     if report.localization is not None:
         console.print(f"\nStep {report.localization_step}, layer by layer:", highlight=False, markup=False)
         console.print(str(report.localization), highlight=False, markup=False)
+    for table in stats_tables(report):
+        console.print(table)
+
+
+def stats_tables(report: ParityReport) -> list[Table]:
+    """``--stats``: the last step's gradient statistics and the last captured activation
+    statistics, torch and JAX side by side (every step's are in the JSON)."""
+    if not report.stats:
+        return []
+    last = report.stats[-1]
+    gradients = Table(title=f"Gradient statistics, step {last.step}", box=box.SIMPLE_HEAD)
+    for header in ("parameter", "norm torch", "norm JAX", "mean torch", "mean JAX", "max|g| torch", "max|g| JAX"):
+        gradients.add_column(header, justify="left" if header == "parameter" else "right")
+    for name, torch_values in last.torch_gradients.items():
+        jax_values = last.jax_gradients.get(name)
+        cells = [(_fmt(getattr(torch_values, f)), _fmt(getattr(jax_values, f)) if jax_values else "-")
+                 for f in ("norm", "mean", "max_abs")]
+        gradients.add_row(name, *(cell for pair in cells for cell in pair))
+    tables = [gradients]
+    captured = [s for s in report.stats if s.torch_activations is not None]
+    if captured:
+        shown = captured[-1]
+        activations = Table(title=f"Activation statistics (module outputs), step {shown.step}", box=box.SIMPLE_HEAD)
+        for header in ("module", "mean torch", "mean JAX", "std torch", "std JAX"):
+            activations.add_column(header, justify="left" if header == "module" else "right")
+        for name in list(shown.torch_activations) + [n for n in shown.jax_activations
+                                                      if n not in shown.torch_activations]:
+            torch_values, jax_values = shown.torch_activations.get(name), shown.jax_activations.get(name)
+            activations.add_row(name, *(_fmt(v[i]) if v else "-" for i in (0, 1) for v in (torch_values, jax_values)))
+        tables.append(activations)
+    return tables
 
 
 # ------------------------------------------------------------------------------------------
@@ -240,6 +273,17 @@ def _localization_json(report: ParityReport) -> dict[str, Any] | None:
     return {"step": report.localization_step, **found.to_dict()}
 
 
+def _stats_json(stats: Any) -> dict[str, Any]:
+    def numbers(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: numbers(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [numbers(v) for v in value]
+        return _number(value) if isinstance(value, float) else value
+
+    return numbers(stats.to_dict())
+
+
 def to_json(report: ParityReport) -> dict[str, Any]:
     """The whole report as JSON-ready data; ``seconds`` is the only timing in it."""
     found = report.first_divergence
@@ -259,6 +303,8 @@ def to_json(report: ParityReport) -> dict[str, Any]:
         "first_divergence": first,
         "halted": report.halted,
         "localization": _localization_json(report),
+        "nonfinite": report.nonfinite,
+        "stats": None if report.stats is None else [_stats_json(s) for s in report.stats],
         "steps": [_step_json(step) for step in report.steps],
         "epochs": [
             {key: (_number(value) if isinstance(value, float) else value) for key, value in vars(summary).items()}

@@ -35,7 +35,8 @@ from jax_impl.layers import DropoutMask
 from jax_impl.loop import evaluate as jax_evaluate
 from jax_impl.spec import SpecError, parse_call
 from jax_impl.step import TrainState, make_eval_step, make_objective, make_train_step, make_update_step
-from parity import convert, data
+from parity import checkpoints, convert, data
+from parity import stats as debug_stats
 from parity.dropout import HarnessDropout, hand_masks_to_jax
 from parity.rounding import RoundingReference, rounding_errors
 from parity.compare import StepComparison, Tolerance, compare_steps, compare_tensors, tolerance
@@ -47,6 +48,7 @@ __all__ = ["EpochSummary", "ParityReport", "check_port", "run", "BUFFERS"]
 
 Batch = tuple[np.ndarray, np.ndarray]
 Progress = Callable[[StepComparison, int], None]  # (this step's comparison, total steps)
+StepObserver = Callable[[StepComparison, StepTrace, StepTrace], None]  # (comparison, torch trace, JAX trace)
 
 #: The variables of the JAX state's non-parameter part that hold torch's buffers (BatchNorm's
 #: statistics): all but dropout's random streams and its masks, which have no torch name.
@@ -82,6 +84,10 @@ class ParityReport:
     #: gradients diverge (or of step 0 when asked for and nothing diverges); a string if it failed
     localization: Any = None
     localization_step: int | None = None
+    #: the first NaN or Inf in either side's trace, named by step, tensor and stage
+    nonfinite: str | None = None
+    #: per-step gradient and activation statistics (``stats=True``)
+    stats: list[Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -165,6 +171,9 @@ def check_port(
     clipping: torch_loop.Clipping | None = None,
     accumulate: int = 1,
     accumulate_reduction: str = "mean",
+    checkpointing: checkpoints.Checkpointing | None = None,
+    on_step: StepObserver | None = None,
+    stats: bool = False,
 ) -> ParityReport:
     """Train ``torch_model`` and ``jax_model`` side by side and compare every step.
 
@@ -211,6 +220,10 @@ def check_port(
       seed: the stream of the dropout masks (:mod:`parity.dropout`): during each torch step
         every mask torch draws is replaced by the harness's mask for (seed, step, module), and
         the JAX model's dropout layers get the same masks before its step.
+      checkpointing: full and best-model checkpoints, and the checkpoint to resume from
+        (:mod:`parity.checkpoints`); the report then holds the steps from the resumed position.
+      on_step: called after each step with its comparison and both sides' traces.
+      stats: record gradient and activation statistics of both sides (:mod:`parity.stats`).
     """
     if mode not in MODES:
         raise SpecError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -310,9 +323,39 @@ def check_port(
     halted = None
     localization, localization_step, first_step = None, None, None  # first_step: to localise step 0
     masked: set[str] = set()  # the JAX dropout layers holding a mask
+    model_name = type(torch_model.model if with_loss else torch_model).__name__
+    config = {"model": model_name, "loss": loss if isinstance(loss, str) else "custom loss pair"} | dict(
+        config or {}) | {"optimizer": optimizer, "scheduler": scheduler, "scheduler_interval": scheduler_interval,
+                         "mode": mode, "dtype": dtype, "accumulate": accumulate}
+    position, saving = checkpoints.Position(0, 0, 0), checkpointing is not None and checkpointing.directory is not None
+    saved_objects = dict(torch_model=torch_model, torch_optimizer=torch_optimizer, torch_scheduler=torch_scheduler,
+                         buffers_filter=BUFFERS)
+    if checkpointing is not None and checkpointing.resume is not None:
+        def from_torch(steps_taken: int) -> TrainState:  # cross-framework resume: JAX from torch's state
+            return TrainState(
+                converter.to_jax(_torch_params(torch_model), state.params, what="parameters"),
+                _load_buffers(converter, _torch_buffers(torch_model), state.rest),
+                convert.load_torch_optimizer_state(state.opt_state, torch_optimizer, names, converter, steps_taken,
+                                                   include_hyperparams=True, flat_order=flat_order))
+
+        resumed = checkpoints.restore(checkpointing.resume, config, jax_state=state, plateau_states=plateau_states,
+                                      from_torch=from_torch, steps_per_epoch=steps_per_epoch, **saved_objects)
+        position, state, plateau_states, step = resumed.position, resumed.jax_state, resumed.plateau_states, \
+            resumed.position.step
+        if position.epoch >= len(epochs):
+            raise SpecError(f"checkpoint {checkpointing.resume} is at epoch {position.epoch}; this run has only "
+                            f"{len(epochs)} epoch(s): give more epochs to continue it")
+    best = {"torch": position.torch_best, "jax": position.jax_best}
+    recorder = debug_stats.Recorder(loss, dtype) if stats else None
+    nonfinite = None
     for epoch, batches in enumerate(epochs):
-        torch_losses, jax_losses = [], []
-        for batch in batches:
+        if epoch < position.epoch:
+            continue
+        resuming = epoch == position.epoch
+        torch_losses, jax_losses = (list(position.torch_losses), list(position.jax_losses)) if resuming else ([], [])
+        for index, batch in enumerate(batches):
+            if resuming and index < position.batch:
+                continue
             # torch: the user's loop, with the gradients read just before optimizer.step()
             torch_lr = float(torch_optimizer.param_groups[0]["lr"])
             torch_hyperparams = _scheduled_hyperparams(torch_optimizer.param_groups, numpy_dtype, torch_scheduler)
@@ -320,6 +363,10 @@ def check_port(
             # the weights before this step, for localisation: in resync mode they are the JAX
             # state's (rebuilt only if needed); in free mode the sides differ, so keep torch's
             torch_before = copy.deepcopy(torch_model.state_dict()) if localizing and mode == "free" else None
+            if recorder is not None:
+                recorder.before_step(index == (position.batch if resuming else 0), torch_model,
+                                     lambda: nnx.merge(graphdef, state.params, state.rest),
+                                     batch[0] if isinstance(batch, list) else batch, {})
             with _first_step_errors(step, "torch"):  # torch's float64 gradients at these weights
                 reference_grads = (reference.gradients(torch_model, torch_batches(batch), seed, step,
                                                        accumulate_reduction) if reference else None)
@@ -382,6 +429,11 @@ def check_port(
             rounding = rounding_errors(torch_trace.grads, reference_grads) if reference_grads else None
             comparison = compare_steps(step, epoch, torch_trace, jax_trace, dtype, mode, tolerances, rounding)
             comparisons.append(comparison)
+            if on_step is not None:
+                on_step(comparison, torch_trace, jax_trace)
+            if recorder is not None:
+                recorder.after_step(step, epoch, torch_trace, jax_trace)
+            nonfinite = nonfinite or debug_stats.first_nonfinite(step, torch_trace, jax_trace)
             failure = comparison.first_failure
             diverged = failure is not None and failure[0] in ("loss", "gradient")
             if localizing and (diverged or (localize and step == 0)):
@@ -414,6 +466,10 @@ def check_port(
                     # the divergence this step found makes torch's state unloadable: report it
                     halted = f"resync stopped after step {step - 1}: torch's state does not fit the JAX state: {error}"
                     break
+            if saving and checkpointing.due(step) and index + 1 < len(batches):
+                checkpoints.save_full(checkpointing.directory, checkpoints.Position(
+                    epoch, index + 1, step, tuple(torch_losses), tuple(jax_losses), best["torch"], best["jax"]),
+                    config, jax_state=state, plateau_states=plateau_states, **saved_objects)
         if halted is not None:
             summaries.append(EpochSummary(epoch, float(np.mean(torch_losses)), float(np.mean(jax_losses))))
             break
@@ -435,13 +491,20 @@ def check_port(
                 torch_val_accuracy=torch_val[1], jax_val_accuracy=jax_val[1], val_ok=val_ok,
             )
         summaries.append(summary)
-    defaults = {"model": type(torch_model).__name__, "loss": loss if isinstance(loss, str) else "custom loss pair"}
-    config = defaults | dict(config or {}) | {"optimizer": optimizer, "scheduler": scheduler,
-                                   "scheduler_interval": scheduler_interval, "mode": mode, "dtype": dtype}
+        if saving:
+            for side, value in (("torch", summary.torch_val_loss), ("jax", summary.jax_val_loss)):
+                if value is not None and (best[side] is None or value < best[side]):
+                    best[side] = value
+                    checkpoints.save_best(checkpointing.directory, side, epoch, value, torch_model=torch_model,
+                                          jax_state=state, buffers_filter=BUFFERS)
+            checkpoints.save_full(checkpointing.directory, checkpoints.Position(
+                epoch + 1, 0, step, (), (), best["torch"], best["jax"]),
+                config, jax_state=state, plateau_states=plateau_states, **saved_objects)
     if localization is None and first_step is not None:
         localization, localization_step = _localize(*first_step, loss=loss, dtype=dtype, step=0), 0
     return ParityReport(config, dtype, mode, comparisons, summaries, time.perf_counter() - started, versions(),
-                        dict(tolerances or {}), halted, localization, localization_step)
+                        dict(tolerances or {}), halted, localization, localization_step, nonfinite,
+                        recorder.steps if recorder is not None else None)
 
 
 def _micro_batch_groups(epoch: int, batches: Sequence[Batch], accumulate: int) -> list[list[Batch]]:
@@ -681,6 +744,7 @@ def run(
     progress: Progress | None = None,
     tolerances: Mapping[tuple[str, str], Tolerance] | None = None,
     scheduler_arguments: Mapping[str, Any] | None = None,
+    on_step: StepObserver | None = None,
 ) -> ParityReport:
     """Run the configuration ``spec`` describes (data, models, components) through :func:`check_port`.
 
@@ -716,11 +780,36 @@ def run(
         for epoch in range(spec.epochs)
     ]
     val_batches = list(dataset.val_batches(spec.batch_size, numpy_dtype))
+    writer = None
+    if spec.tensorboard is not None:
+        from parity.tensorboard import TensorBoardWriter
+
+        writer, user_on_step = TensorBoardWriter(spec.tensorboard), on_step
+
+        def on_step(comparison: StepComparison, torch_trace: StepTrace, jax_trace: StepTrace) -> None:
+            writer.on_step(comparison, torch_trace, jax_trace)
+            if user_on_step is not None:
+                user_on_step(comparison, torch_trace, jax_trace)
+    try:
+        report = _run_port(torch_model, jax_model, spec, epochs, val_batches, dataset, on_step, progress, tolerances,
+                           scheduler_arguments)
+        if writer is not None:
+            writer.epochs(report.epochs, report.steps)
+        return report
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _run_port(torch_model, jax_model, spec, epochs, val_batches, dataset, on_step, progress, tolerances,
+              scheduler_arguments) -> ParityReport:
     return check_port(
         torch_model, jax_model, loss=spec.loss, optimizer=spec.optimizer, epochs=epochs,
         scheduler=spec.scheduler, scheduler_interval=spec.scheduler_interval,
         scheduler_arguments=scheduler_arguments,
         param_groups=[parse_param_group(text) for text in spec.param_groups],
+        checkpointing=checkpoints.Checkpointing(spec.checkpoint_dir, spec.checkpoint_every, spec.resume)
+        if spec.checkpoint_dir or spec.resume else None, on_step=on_step, stats=spec.stats,
         val_batches=val_batches, mode=spec.mode, progress=progress, tolerances=tolerances, seed=spec.seed,
         localize=spec.localize, rounding_reference=spec.rounding_reference, clipping=spec.clipping,
         accumulate=spec.accumulate, accumulate_reduction=spec.accumulate_reduction,

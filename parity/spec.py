@@ -70,6 +70,16 @@ class RunSpec:
     #: or not ("sum")
     accumulate: int = 1
     accumulate_reduction: str = "mean"
+    #: full checkpoints after every epoch (and every ``checkpoint_every`` steps) and best-model
+    #: checkpoints on validation loss, in this directory (:mod:`parity.checkpoints`)
+    checkpoint_dir: str | None = None
+    checkpoint_every: int | None = None
+    #: a full checkpoint directory to continue from
+    resume: str | None = None
+    #: gradient and activation statistics of both sides in the report (:mod:`parity.stats`)
+    stats: bool = False
+    #: TensorBoard event files of both sides in DIR/torch and DIR/jax (:mod:`parity.tensorboard`)
+    tensorboard: str | None = None
 
     def __post_init__(self) -> None:
         for key in ("model", "loss", "optimizer", "scheduler"):
@@ -92,6 +102,10 @@ class RunSpec:
         _positive("batch_size", self.batch_size)
         if self.steps_per_epoch is not None:
             _positive("steps_per_epoch", self.steps_per_epoch)
+        if self.checkpoint_every is not None:
+            _positive("checkpoint_every", self.checkpoint_every)
+            if self.checkpoint_dir is None:
+                raise SpecError("checkpoint_every needs checkpoint_dir")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise SpecError(f"seed must be a non-negative integer, got {self.seed!r}")
         for key in ("clip_grad_norm", "clip_grad_value"):
