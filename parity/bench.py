@@ -4,9 +4,12 @@ Every mode trains the same model (converted from one seeded torch model) on the 
 batches, in interleaved rounds (round r runs every mode for ``steps_per_round`` steps, so load
 drift hits all alike). A step is timed alone: ``t = perf_counter(); step(); sync()``, where
 ``sync`` is ``block_until_ready`` on the JAX side. The first call (tracing and compilation) is
-timed separately and then ``warmup`` steps run untimed. After the last round each mode's
-parameters are compared with PyTorch eager's under the float32 free-running tolerance of
-:mod:`parity.compare` (both took the same number of steps); a mode that differs has no time.
+timed separately and then ``warmup`` steps run untimed. Each mode's parameters are compared with
+PyTorch eager's after step 1 (from identical weights: the resync tolerance of
+:mod:`parity.compare`) and after the last round (both took the same steps: the free-running
+tolerance); a mode that differs has no time. In float32 the check binds for SGD; for Adam it is
+reported only (see :data:`SIGN_SENSITIVE`), and tests/parity/test_bench.py checks every mode of
+every case in float64, where the tolerances are semantic.
 
 A mode is one entry of :data:`MODES`: a builder ``build(setup) -> Runner`` (a step callable, a
 sync, and a reader of its parameters under torch's names). The lead adds the NNX modes there.
@@ -32,12 +35,12 @@ from flax import nnx
 import jax_impl.layers
 import jax_impl.losses
 import jax_impl.optim
-from jax_impl.spec import SpecError
+from jax_impl.spec import SpecError, parse_call
 from jax_impl.step import make_train_step
 from parity import convert, data
-from parity.compare import compare_tensors, tolerance
+from parity.compare import Tolerance, compare_tensors, tolerance
 from parity.runner import _load_buffers, _torch_buffers, _torch_params, versions
-from parity.spec import build_models, build_torch_loss, build_torch_optimizer
+from parity.spec import DTYPES, build_models, build_torch_loss, build_torch_optimizer
 
 __all__ = ["BenchCase", "Setup", "Runner", "Mode", "MODES", "CASES", "QUICK_CASES", "BenchConfig", "ModeResult",
            "BenchResult", "run_bench", "peak_matmul_rate", "pool_comparison", "render", "write_json", "write_plot"]
@@ -57,14 +60,23 @@ class BenchCase:
     batch_size: int
     optimizer: str
     data: str = "synthetic"  # 784 MNIST-shaped features; the Transformer takes digits' 64 tokens
+    #: overrides of parity.compare.TOLERANCES for the parameter check, each with its reason
+    tolerances: tuple[tuple[tuple[str, str], Tolerance], ...] = ()
 
+
+#: Adam in float64: an element whose gradient is near eps (1e-8) has an update m / (sqrt(v) + eps)
+#: that amplifies its gradient's last-bit rounding by about max|g| / eps; measured 1.7e-10 of the
+#: tensor's scale after step 1 (SimpleNN b512, jax.jit vs torch eager), where the table allows
+#: 1e-12. A semantic difference (a beta, eps or the bias correction) is above 1e-4.
+_ADAM_F64 = ((("parameters", "float64"), Tolerance(0.0, 0.0, "Adam amplifies last-bit gradient rounding of "
+                                                  "near-eps gradients (1.7e-10 measured)", tensor_rtol=1e-8)),)
 
 CASES = (
     BenchCase("SimpleNN b64 SGD", "SimpleNN", 64, SGD),
-    BenchCase("SimpleNN b64 Adam", "SimpleNN", 64, ADAM),
-    BenchCase("SimpleNN b512 Adam", "SimpleNN", 512, ADAM),
+    BenchCase("SimpleNN b64 Adam", "SimpleNN", 64, ADAM, tolerances=_ADAM_F64),
+    BenchCase("SimpleNN b512 Adam", "SimpleNN", 512, ADAM, tolerances=_ADAM_F64),
     BenchCase("CNN b64 SGD", "CNN(dropout=0.0)", 64, SGD),
-    BenchCase("Transformer b32 Adam", "Transformer(dropout=0.0)", 32, ADAM, data="digits"),
+    BenchCase("Transformer b32 Adam", "Transformer(dropout=0.0)", 32, ADAM, data="digits", tolerances=_ADAM_F64),
 )
 QUICK_CASES = (BenchCase("SimpleNN b64 SGD", "SimpleNN", 64, SGD),)
 
@@ -81,6 +93,7 @@ class Setup:
     jax_rest: nnx.State
     converter: convert.Converter
     batches: tuple[tuple[np.ndarray, np.ndarray], ...]
+    dtype: str = "float32"
 
 
 class Runner(NamedTuple):
@@ -97,19 +110,20 @@ class Mode:
     note: str = ""
 
 
-def make_setup(case: BenchCase, *, seed: int = 0, distinct_batches: int = 8) -> Setup:
+def make_setup(case: BenchCase, *, seed: int = 0, distinct_batches: int = 8, dtype: str = "float32") -> Setup:
     dataset = data.load(case.data, seed)
     torch_model, jax_model = build_models(case.model, input_size=dataset.input_size,
-                                          num_classes=dataset.num_classes, seed=seed, dtype="float32")
+                                          num_classes=dataset.num_classes, seed=seed, dtype=dtype)
     if getattr(torch_model, "takes_tokens", False):
         dataset = dataset.as_tokens(torch_model.vocab_size, model=case.model)
     available = dataset.batches_per_epoch(case.batch_size)
-    batches = tuple(dataset.train_batches(0, case.batch_size, seed, min(distinct_batches, available)))
+    batches = tuple(dataset.train_batches(0, case.batch_size, seed, min(distinct_batches, available),
+                                          DTYPES[dtype][2]))
     converter = convert.Converter.from_torch_module(torch_model)
     graphdef, params, rest = nnx.split(jax_model, nnx.Param, ...)
     params = converter.to_jax(_torch_params(torch_model), params, what="parameters")
     rest = _load_buffers(converter, _torch_buffers(torch_model), rest)
-    return Setup(case, torch_model, graphdef, params, rest, converter, batches)
+    return Setup(case, torch_model, graphdef, params, rest, converter, batches, dtype)
 
 
 # ------------------------------------------------------------------------------------------
@@ -118,7 +132,7 @@ def make_setup(case: BenchCase, *, seed: int = 0, distinct_batches: int = 8) -> 
 
 def _torch_runner(setup: Setup, optimizer: str, *, compiled: bool = False) -> Runner:
     model = copy.deepcopy(setup.torch_model)
-    criterion = build_torch_loss(LOSS, "float32")
+    criterion = build_torch_loss(LOSS, setup.dtype)
     torch_optimizer = build_torch_optimizer(optimizer, model.parameters())
     batches = [(torch.from_numpy(np.asarray(x)), torch.from_numpy(np.asarray(y))) for x, y in setup.batches]
 
@@ -259,6 +273,7 @@ class BenchConfig:
     steps_per_round: int = 10
     matmul_size: int = 2048
     seed: int = 0
+    dtype: str = "float32"  # float64: the semantic check of every mode (tests), not a timing
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.modes if name not in MODES]
@@ -287,6 +302,7 @@ class ModeResult:
     times_ms: tuple[float, ...]  # every timed step
     parity_ok: bool
     parity: str  # the worst parameter's error against torch eager
+    binding: bool  # whether parity_ok was checked (False: Adam in float32, reported only)
     median_ms: float | None = None  # None when the mode's parameters differ from torch eager's
     ratio: float | None = None  # torch eager's median / this median: above 1 is faster
     flops: float | None = None  # XLA's count for the jitted step
@@ -342,22 +358,36 @@ def environment() -> dict[str, Any]:
             "fused_cpu": {name: fused_supported(spec) for name, spec in (("SGD", SGD), ("Adam", ADAM))}}
 
 
-def _parity(setup: Setup, reference: dict[str, np.ndarray], params: dict[str, np.ndarray],
-            steps: int) -> tuple[bool, str]:
-    """Every parameter against torch eager's after ``steps`` steps (float32 free-running tolerance)."""
-    tol = tolerance("parameters", "float32", step=steps - 1, mode="free")
+#: optimizers whose float32 result after many free-running steps is not an element-wise check:
+#: Adam's update m / sqrt(v) is a full +-lr step even for a gradient at rounding-noise level (a
+#: ReLU unit active on one sample by 1e-7), so one ulp at step 1 flips whole updates of about 1%
+#: of the elements by step 2; measured: torch's own fused Adam vs its foreach Adam, SimpleNN b64,
+#: fc1.weight max difference 3.7e-9 after step 1, 1.7e-3 after step 2 (and jax.jit vs torch eager
+#: 6e-6 after step 1, from gradients of |g| ~ eps that differ in their last bits).
+SIGN_SENSITIVE = ("Adam", "AdamW", "Adamax", "NAdam", "RAdam")
+
+
+def _parity(reference: dict[str, np.ndarray], params: dict[str, np.ndarray], stage_step: int,
+            mode: str, dtype: str, case: BenchCase) -> tuple[bool, str]:
+    """Every parameter against torch eager's (``parameters`` tolerance of parity.compare)."""
+    tol = tolerance("parameters", dtype, step=stage_step, mode=mode, overrides=dict(case.tolerances))
     errors = [compare_tensors(name, reference[name], params.get(name, np.full(0, np.nan)), tol)
               for name in reference]
     worst = max(errors, key=lambda error: (not error.ok, error.ratio))
     return all(error.ok for error in errors), worst.describe()
 
 
+def _copy(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {name: np.array(value, copy=True) for name, value in params.items()}
+
+
 def bench_case(case: BenchCase, config: BenchConfig, peak_gflops: float,
                progress: Callable[[str], None] | None = None) -> list[ModeResult]:
     """All modes of one case, interleaved; see the module docstring."""
-    setup = make_setup(case, seed=config.seed)
+    setup = make_setup(case, seed=config.seed, dtype=config.dtype)
     runners: dict[str, Runner] = {}
     first_call: dict[str, float] = {}
+    after_first: dict[str, dict[str, np.ndarray]] = {}
     for name in config.modes:
         if progress:
             progress(f"{case.name}: building and first call of {name}")
@@ -366,6 +396,7 @@ def bench_case(case: BenchCase, config: BenchConfig, peak_gflops: float,
         runner.step(0)
         runner.sync()
         first_call[name] = time.perf_counter() - started
+        after_first[name] = _copy(runner.torch_params())
         for index in range(1, 1 + config.warmup):
             runner.step(index)
         runner.sync()
@@ -383,17 +414,34 @@ def bench_case(case: BenchCase, config: BenchConfig, peak_gflops: float,
                 times[name].append(time.perf_counter() - started)
         index += config.steps_per_round
     flops = step_flops(setup)
-    reference = runners[REFERENCE].torch_params()
-    checked = {name: _parity(setup, reference, runner.torch_params(), config.steps)
-               for name, runner in runners.items()}
+    # (1) step 1 from identical weights: the resync tolerance, for every optimizer; (2) after all
+    # steps: the free-running tolerance, binding except for SIGN_SENSITIVE optimizers (reported)
+    binding = config.dtype == "float64" or parse_call(case.optimizer).name not in SIGN_SENSITIVE
+    final_reference = _copy(runners[REFERENCE].torch_params())
+    checked = {}
+    for name, runner in runners.items():
+        first_ok, first_detail = _parity(after_first[REFERENCE], after_first[name], 0, "resync", config.dtype,
+                                         case)
+        final_ok, final_detail = _parity(final_reference, _copy(runner.torch_params()), config.steps - 1, "free",
+                                         config.dtype, case)
+        ok = (first_ok and final_ok) or not binding
+        if not binding:
+            detail = (f"not binding in float32 (Adam; tests check float64): step 1 {'ok' if first_ok else 'off'}, "
+                      f"after {config.steps} steps {'ok' if final_ok else 'off'}: {final_detail}")
+        elif not first_ok:
+            detail = f"step 1: {first_detail}"
+        else:
+            detail = f"after {config.steps} steps: {final_detail}"
+        checked[name] = (ok, detail, binding)
     reference_ms = statistics.median(times[REFERENCE]) * 1e3
     results = []
     for name in config.modes:
-        ok, detail = checked[name]
+        ok, detail, binding_check = checked[name]
         median_ms = statistics.median(times[name]) * 1e3 if ok else None
         results.append(ModeResult(
             case=case.name, mode=name, first_call_s=first_call[name],
-            times_ms=tuple(t * 1e3 for t in times[name]), parity_ok=ok, parity=detail, median_ms=median_ms,
+            times_ms=tuple(t * 1e3 for t in times[name]), parity_ok=ok, parity=detail, binding=binding_check,
+            median_ms=median_ms,
             ratio=reference_ms / median_ms if median_ms else None, flops=flops,
             peak_fraction=(flops / (median_ms * 1e-3) / (peak_gflops * 1e9)) if median_ms and flops else None,
         ))
@@ -503,7 +551,8 @@ def render(result: BenchResult, console, pool: dict[str, dict[str, float]] | Non
                       if row.ratio else "-", f"{row.first_call_s:.2f}",
                       _fmt(row.flops / 1e6 if row.flops else None, ".1f"),
                       _fmt(100 * row.peak_fraction if row.peak_fraction else None, ".1f"),
-                      "ok" if row.parity_ok else f"[red]DIFFERS: {row.parity}[/]")
+                      ("ok" if row.binding else "f64 in tests") if row.parity_ok
+                      else f"[red]DIFFERS: {row.parity}[/]")
     console.print(table)
     if pool:
         pool_table = Table(title="MaxPool2d(2) formulations (interleaved; median ms)")
