@@ -327,13 +327,82 @@ class _Pool2d(nnx.Module):
         )
 
 
+def _tiles(x: jax.Array, kh: int, kw: int) -> jax.Array:
+    """(..., H, W, C) -> (..., H/kh, kh, W/kw, kw, C): the windows of a pool whose stride is its kernel."""
+    *lead, h, w, c = x.shape
+    return x.reshape(*lead, h // kh, kh, w // kw, kw, c)
+
+
+def _first_maximum(x: jax.Array, kh: int, kw: int) -> list[jax.Array]:
+    """Per window element (row-major order), a mask of the windows whose gradient it takes, as
+    torch's CPU kernel picks it: the first element equal to the maximum; in a window holding
+    NaN (the maximum is then NaN), the last NaN (torch moves its index to every NaN it meets)."""
+    tiles = _tiles(x, kh, kw)  # (..., Ho, kh, Wo, kw, C)
+    top = tiles.max(axis=(-4, -2))  # (..., Ho, Wo, C)
+    elements = [tiles[..., i, :, j, :] for i in range(kh) for j in range(kw)]
+    first, taken = [], jnp.zeros(top.shape, bool)
+    for element in elements:
+        first.append((element == top) & ~taken)
+        taken = taken | first[-1]
+    last_nan, taken = [], jnp.zeros(top.shape, bool)
+    for element in reversed(elements):
+        last_nan.append(jnp.isnan(element) & ~taken)
+        taken = taken | last_nan[-1]
+    has_nan = jnp.isnan(top)
+    return [jnp.where(has_nan, nan, tie) for tie, nan in zip(first, reversed(last_nan))]
+
+
+def _tiled_max_pool(x: jax.Array, kh: int, kw: int) -> jax.Array:
+    """Max-pool of channels-last ``x`` (..., H, W, C) whose windows tile it exactly (stride ==
+    kernel, no padding or dilation, H and W multiples of the kernel): a reshape and a max.
+
+    Its gradient goes to the first maximum of each window in row-major order, as torch's CPU
+    ``max_pool2d_with_indices_backward``: ``dx[window element] = g * [first maximum]``, one
+    elementwise pass. It gives the same numbers as XLA's select-and-scatter (the gradient of
+    ``reduce_window``), which XLA's CPU backend runs several times slower (issue 6's CNN).
+    """
+    return _tiled_max_pool_custom(kh, kw)(x)
+
+
+_CUSTOM_POOLS: dict[tuple[int, int], object] = {}
+
+
+def _tiled_max_pool_custom(kh: int, kw: int):
+    """The custom-gradient function of one window shape (built once per shape)."""
+    if (kh, kw) in _CUSTOM_POOLS:
+        return _CUSTOM_POOLS[(kh, kw)]
+
+    @jax.custom_vjp
+    def pool(x: jax.Array) -> jax.Array:
+        return _tiles(x, kh, kw).max(axis=(-4, -2))
+
+    def forward(x: jax.Array):
+        return pool(x), x
+
+    def backward(x: jax.Array, g: jax.Array):
+        masks = _first_maximum(x, kh, kw)  # kh * kw masks of shape (..., Ho, Wo, C)
+        zero = jnp.zeros((), g.dtype)
+        rows = [jnp.stack([jnp.where(masks[i * kw + j], g, zero) for j in range(kw)], axis=-2)  # (..., Ho, Wo, kw, C)
+                for i in range(kh)]
+        dx = jnp.stack(rows, axis=-4)  # (..., Ho, kh, Wo, kw, C)
+        return (dx.reshape(x.shape),)
+
+    pool.defvjp(forward, backward)
+    _CUSTOM_POOLS[(kh, kw)] = pool
+    return pool
+
+
 class MaxPool2d(_Pool2d):
     """``torch.nn.MaxPool2d(kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False)``
     on channels-last input (..., H, W, C).
 
     ``stride`` defaults to ``kernel_size`` (Flax's ``max_pool`` to 1); padding is ``-inf``.
-    The gradient goes to one maximum of each window, the first in row-major order, as torch's:
-    XLA's select-and-scatter does this (checked with ties in tests/parity/test_layers_torch.py);
+    The gradient goes to one maximum of each window, the first in row-major order, as torch's
+    (checked with ties in tests/parity/test_layers_torch.py). Windows that tile the input
+    (stride == kernel, no padding, no dilation: the CNN's ``MaxPool2d(2)``) take a reshape, a max
+    and a one-pass first-maximum mask for the gradient (:func:`_tiled_max_pool`), on every
+    backend: XLA's CPU select-and-scatter, the gradient of ``reduce_window``, is several times
+    slower there. Other windows use ``reduce_window``, whose select-and-scatter also picks the first;
     JAX has no gradient for a dilated window, so dilated pooling takes the first ``argmax`` of
     the stacked window elements instead. ``return_indices`` is not supported.
     """
@@ -343,6 +412,11 @@ class MaxPool2d(_Pool2d):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         geometry = self._geometry(x)
+        tiles = all(high == 0 for _, high, _ in geometry)  # no window reaches past the end (ceil_mode)
+        if tiles and self.kernel_size == self.stride and self.padding == (0, 0) and self.dilation == (1, 1):
+            (_, _, out_h), (_, _, out_w) = geometry
+            kh, kw = self.kernel_size
+            return _tiled_max_pool(x[..., :out_h * kh, :out_w * kw, :], kh, kw)
         if self.dilation == (1, 1):
             return self._window(x, geometry, -math.inf, jax.lax.max)
         lead = x.ndim - 3

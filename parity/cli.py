@@ -125,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--plot", metavar="PATH", help="write a PNG of losses and per-stage errors over steps")
     run.add_argument("--all-steps", action="store_true", help="print every step's row, not a sample")
     _styles_parser(commands, defaults)
+    _add_bench(commands)
     return parser
 
 
@@ -199,6 +200,32 @@ def _styles(args: argparse.Namespace) -> int:
     return EXIT_PARITY if result.ok else EXIT_DIVERGENCE
 
 
+def _add_bench(commands) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="time one training step in torch eager/fused/compile and JAX jit/eager",
+        description="Time the training step of each benchmark case in every mode, in interleaved rounds, "
+                    "after checking that every mode's parameters equal torch eager's (same weights, same "
+                    "batches). Also measures the machine's peak float32 matmul rate. OMP_WAIT_POLICY is set "
+                    "to PASSIVE unless given (torch's spinning OpenMP threads and XLA's pool otherwise "
+                    "starve each other on a small CPU).",
+        formatter_class=_HelpFormatter,
+    )
+    bench.add_argument("--quick", action="store_true",
+                       help="a smoke test under a minute: SimpleNN b64 SGD only, few steps, no torch.compile")
+    bench.add_argument("--case", action="append", dest="cases", metavar="NAME",
+                       help="a benchmark case, repeatable, e.g. 'CNN b64 SGD' (default: all five)")
+    bench.add_argument("--modes", help="comma-separated modes (default: all; torch eager is required)")
+    bench.add_argument("--rounds", type=int, help="interleaved rounds (default 10, quick 3)")
+    bench.add_argument("--steps-per-round", type=int, help="timed steps per mode and round (default 10, quick 5)")
+    bench.add_argument("--warmup", type=int, help="untimed steps after the first call (default 5, quick 2)")
+    bench.add_argument("--torch-threads", type=int, help="torch.set_num_threads (default: torch's own)")
+    bench.add_argument("--pool", action="store_true",
+                       help="also time MaxPool2d's former reduce_window formulation against the tiled one")
+    bench.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    bench.add_argument("--plot", metavar="PATH", help="write a PNG of bars per case and mode")
+
+
 def _check_output(flag: str, value: str | None, suffix: str | None = None) -> None:
     if value is None:
         return
@@ -261,6 +288,49 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_PARITY if result.ok else EXIT_DIVERGENCE
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from parity import bench
+    from parity.spec import SpecError
+
+    _check_output("--json", args.json)
+    _check_output("--plot", args.plot, ".png")
+    if args.json and args.plot and Path(args.json).resolve() == Path(args.plot).resolve():
+        raise BadInput(f"--json and --plot name the same file {args.json}")
+    if args.torch_threads is not None:
+        if args.torch_threads < 1:
+            raise BadInput(f"--torch-threads must be a positive integer, got {args.torch_threads}")
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+    quick = {"rounds": 3, "steps_per_round": 5, "warmup": 2, "matmul_size": 1024} if args.quick else {}
+    given = {key: getattr(args, key) for key in ("rounds", "steps_per_round", "warmup")
+             if getattr(args, key) is not None}
+    try:
+        modes = bench.parse_modes(args.modes)
+        if args.quick and not args.modes:
+            modes = tuple(mode for mode in modes if mode != "torch.compile")
+        config = bench.BenchConfig(cases=bench.parse_cases(args.cases, args.quick), modes=modes,
+                                   **(quick | given))
+    except SpecError as error:
+        raise BadInput(str(error)) from None
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=150)
+    status = Console(stderr=True)
+    result = bench.run_bench(config, progress=(lambda text: status.print(text)) if status.is_terminal else None)
+    pool = bench.pool_comparison(config.rounds, config.steps_per_round) if args.pool else None
+    bench.render(result, console, pool)
+    if args.json:
+        bench.write_json(result, args.json, pool)
+        console.print(f"results written to {args.json}")
+    if args.plot:
+        bench.write_plot(result, args.plot)
+        console.print(f"plot written to {args.plot}")
+    return EXIT_PARITY if all(row.parity_ok for row in result.results) else EXIT_DIVERGENCE
+
+
 def _run_with_progress(spec):
     """``parity.run(spec)``, with a live progress bar on stderr when it is a terminal."""
     from rich.console import Console
@@ -284,6 +354,10 @@ def _run_with_progress(spec):
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and sys.argv[1:2] == ["bench"] and "OMP_WAIT_POLICY" not in os.environ:
+        # OpenMP reads it when torch loads (already done by importing parity): start afresh with it set
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        os.execv(sys.executable, [sys.executable, sys.argv[0], *sys.argv[1:]])
     parser = _parser()
     args = parser.parse_args(argv)
     if args.version:
@@ -293,12 +367,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_PARITY
     if args.command is None:
         parser.print_usage(sys.stderr)
-        print("parity: error: choose a command: run (see parity --help)", file=sys.stderr)
+        print("parity: error: choose a command: run, styles or bench (see parity --help)", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
         if args.command == "styles":
             return _styles(args)
-        return _run(args)
+        return _bench(args) if args.command == "bench" else _run(args)
     except BadInput as error:
         print(f"parity: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

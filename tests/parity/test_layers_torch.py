@@ -360,6 +360,8 @@ MAX_POOL_CASES = {
     "k3_s2_ceil": dict(kernel_size=3, stride=2, ceil_mode=True),
     "k2_s2_p1_ceil": dict(kernel_size=2, stride=2, padding=1, ceil_mode=True),
     "k3x2_s2x1_d2": dict(kernel_size=(3, 2), stride=(2, 1), dilation=2),
+    "k3x2_tiles": dict(kernel_size=(3, 2)),  # stride == kernel: the reshape-and-mask path; 9x8 tiles exactly
+    "k2_ceil_tiles": dict(kernel_size=2, ceil_mode=True),  # 9 rows: a last, partial window (reduce_window path)
 }
 
 
@@ -370,7 +372,8 @@ def test_maxpool2d(case: str, dtype: str):
                  jax_fn=_nchw_in(_call))
 
 
-@pytest.mark.parametrize("case", ["k3_s1_overlap", "k3_s2_p1", "k2_s2_p1_ceil", "k3x2_s2x1_d2"])
+@pytest.mark.parametrize("case", ["k2", "k3x2_tiles", "k2_ceil_tiles", "k3_s1_overlap", "k3_s2_p1", "k2_s2_p1_ceil",
+                                  "k3x2_s2x1_d2"])
 def test_maxpool2d_gradient_goes_to_the_first_maximum_of_a_tie(case: str):
     """Inputs from {1, 2, 3}: many windows hold several maxima. torch sends the gradient to the
     first in row-major order; so does XLA's select-and-scatter (the gradients agree exactly)."""
@@ -388,6 +391,25 @@ def test_maxpool2d_gradient_goes_to_the_first_maximum_of_a_tie(case: str):
                                          options.get("padding", 0), options.get("stride") or options["kernel_size"])
     ties = (windows == windows.max(dim=1, keepdim=True).values).sum(dim=1) > 1
     assert ties.float().mean() > 0.2
+
+
+@pytest.mark.parametrize("case", ["k2", "k3x2_tiles"])
+def test_maxpool2d_tiled_windows_with_nan_as_torch(case: str):
+    """Windows that tile the input (the reshape-and-mask path): a NaN is the window's maximum and
+    torch's CPU kernel sends the gradient to the LAST NaN of the window; elsewhere to the first tie."""
+    options = MAX_POOL_CASES[case]
+    x = np.random.default_rng(2).integers(1, 4, (2, 2, 9, 8)).astype(np.float64)
+    x[np.random.default_rng(3).random(x.shape) < 0.3] = np.nan  # windows with one, two or more NaNs
+    torch_x = torch.tensor(x, requires_grad=True)
+    torch_out = torch.nn.MaxPool2d(**options)(torch_x)
+    cotangent = np.random.default_rng(1).standard_normal(tuple(torch_out.shape))
+    (torch_out * torch.from_numpy(cotangent)).sum().backward()
+    layer = L.MaxPool2d(**options)
+    jax_out, vjp = jax.vjp(lambda v: _nchw_in(_call)(layer, v), jnp.asarray(x))
+    np.testing.assert_array_equal(np.asarray(jax_out), torch_out.detach().numpy())
+    np.testing.assert_array_equal(np.asarray(vjp(jnp.asarray(cotangent))[0]), torch_x.grad.numpy())
+    windows = torch.nn.functional.unfold(torch.from_numpy(x), options["kernel_size"], stride=options["kernel_size"])
+    assert (torch.isnan(windows).sum(dim=1) > 1).any()  # not vacuous: windows with several NaNs exist
 
 
 AVG_POOL_CASES = {
