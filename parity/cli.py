@@ -44,7 +44,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from parity.spec import DTYPES, INTERVALS, MODES, RunSpec
+    from parity.spec import MODES, RunSpec
 
     defaults = RunSpec()
     parser = _Parser(prog="parity", description="Check that a JAX port trains exactly like its PyTorch original.")
@@ -58,29 +58,9 @@ def _parser() -> argparse.ArgumentParser:
                     "With no arguments: the seed configuration on the embedded digits data.",
         formatter_class=_HelpFormatter,
     )
-    run.add_argument("--model", default=defaults.model, help="model name, e.g. SimpleNN or 'SimpleNN(hidden_size=128)'")
-    run.add_argument("--loss", default=defaults.loss, help="torch.nn loss spec")
-    run.add_argument("--optimizer", default=defaults.optimizer, help="torch.optim spec")
-    run.add_argument("--scheduler", default=defaults.scheduler,
-                     help="torch.optim.lr_scheduler spec, or 'none'")
-    run.add_argument("--scheduler-interval", choices=INTERVALS, default=defaults.scheduler_interval,
-                     help="call scheduler.step() after every epoch or after every optimizer step")
-    run.add_argument("--param-group", action="append", default=[], metavar="OPTIONS", dest="param_groups",
-                     help="a torch parameter group, repeatable: its options as keyword arguments, params a "
-                          "regular expression over parameter names, e.g. \"params='bias', weight_decay=0.0\"; "
-                          "parameters no group selects keep the optimizer's own options")
-    run.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs")
-    run.add_argument("--steps-per-epoch", type=int, default=defaults.steps_per_epoch,
-                     help="batches per epoch (default: one full pass over the training split)")
-    run.add_argument("--batch-size", type=int, default=defaults.batch_size, help="samples per batch")
-    run.add_argument("--seed", type=int, default=defaults.seed,
-                     help="seeds torch's initialisation, the data split and the shuffling")
-    run.add_argument("--dtype", choices=tuple(DTYPES), default=defaults.dtype,
-                     help="float64 separates semantic differences from rounding")
+    _add_training_flags(run, defaults)
     run.add_argument("--mode", choices=MODES, default=defaults.mode,
                      help="resync: reset JAX from torch after each step; free: let both run on their own")
-    run.add_argument("--data", default=defaults.data,
-                     help="'digits' (embedded), 'synthetic', or FILE.npz with arrays x, y [x_val, y_val]")
     run.add_argument("--localize", action=argparse.BooleanOptionalAction, default=None,
                      help="compare the models layer by layer on the first step whose loss or gradients diverge "
                           "(default: on when one does); --localize also shows step 0's layers when nothing "
@@ -129,10 +109,36 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _styles_parser(commands, defaults) -> None:
-    """``parity styles``: the training flags of ``parity run`` (without --mode: styles run free)."""
+def _add_training_flags(parser: argparse.ArgumentParser, defaults) -> None:
+    """The flags that say what to train, shared by ``parity run`` and ``parity styles``."""
     from parity.spec import DTYPES, INTERVALS
 
+    parser.add_argument("--model", default=defaults.model,
+                        help="model name, e.g. SimpleNN or 'SimpleNN(hidden_size=128)'")
+    parser.add_argument("--loss", default=defaults.loss, help="torch.nn loss spec")
+    parser.add_argument("--optimizer", default=defaults.optimizer, help="torch.optim spec")
+    parser.add_argument("--scheduler", default=defaults.scheduler,
+                        help="torch.optim.lr_scheduler spec, or 'none'")
+    parser.add_argument("--scheduler-interval", choices=INTERVALS, default=defaults.scheduler_interval,
+                        help="call scheduler.step() after every epoch or after every optimizer step")
+    parser.add_argument("--param-group", action="append", default=[], metavar="OPTIONS", dest="param_groups",
+                        help="a torch parameter group, repeatable: its options as keyword arguments, params a "
+                             "regular expression over parameter names, e.g. \"params='bias', weight_decay=0.0\"; "
+                             "parameters no group selects keep the optimizer's own options")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs")
+    parser.add_argument("--steps-per-epoch", type=int, default=defaults.steps_per_epoch,
+                        help="batches per epoch (default: one full pass over the training split)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="samples per batch")
+    parser.add_argument("--seed", type=int, default=defaults.seed,
+                        help="seeds torch's initialisation, the data split and the shuffling")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default=defaults.dtype,
+                        help="float64 separates semantic differences from rounding")
+    parser.add_argument("--data", default=defaults.data,
+                        help="'digits' (embedded), 'synthetic', or FILE.npz with arrays x, y [x_val, y_val]")
+
+
+def _styles_parser(commands, defaults) -> None:
+    """``parity styles``: the training flags of ``parity run`` (without --mode: styles run free)."""
     styles = commands.add_parser(
         "styles",
         help="the same training in torch eager, JAX functional (jit / no jit) and NNX stateful styles",
@@ -143,24 +149,7 @@ def _styles_parser(commands, defaults) -> None:
                     "LBFGS and ReduceLROnPlateau are not supported here (parity run checks them).",
         formatter_class=_HelpFormatter,
     )
-    styles.add_argument("--model", default=defaults.model, help="model name, e.g. SimpleNN or 'CNN(dropout=0.1)'")
-    styles.add_argument("--loss", default=defaults.loss, help="torch.nn loss spec")
-    styles.add_argument("--optimizer", default=defaults.optimizer, help="torch.optim spec")
-    styles.add_argument("--scheduler", default=defaults.scheduler, help="torch.optim.lr_scheduler spec, or 'none'")
-    styles.add_argument("--scheduler-interval", choices=INTERVALS, default=defaults.scheduler_interval,
-                        help="call scheduler.step() after every epoch or after every optimizer step")
-    styles.add_argument("--param-group", action="append", default=[], metavar="OPTIONS", dest="param_groups",
-                        help="a torch parameter group, repeatable, as for parity run")
-    styles.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs")
-    styles.add_argument("--steps-per-epoch", type=int, default=defaults.steps_per_epoch,
-                        help="batches per epoch (default: one full pass over the training split)")
-    styles.add_argument("--batch-size", type=int, default=defaults.batch_size, help="samples per batch")
-    styles.add_argument("--seed", type=int, default=defaults.seed,
-                        help="seeds torch's initialisation, the data split and the shuffling")
-    styles.add_argument("--dtype", choices=tuple(DTYPES), default=defaults.dtype,
-                        help="float64 separates semantic differences from rounding")
-    styles.add_argument("--data", default=defaults.data,
-                        help="'digits' (embedded), 'synthetic', or FILE.npz with arrays x, y [x_val, y_val]")
+    _add_training_flags(styles, defaults)
     styles.add_argument("--torch-threads", type=int, default=None,
                         help="torch.set_num_threads for the torch style (default: torch's own)")
     styles.add_argument("--show-code", action="store_true", help="print each style's train step from the source")
