@@ -367,13 +367,14 @@ def check_port(
                 recorder.before_step(index == (position.batch if resuming else 0), torch_model,
                                      lambda: nnx.merge(graphdef, state.params, state.rest),
                                      batch[0] if isinstance(batch, list) else batch, {})
+            torch_batch = torch_batches(batch)
             with _first_step_errors(step, "torch"):  # torch's float64 gradients at these weights
-                reference_grads = (reference.gradients(torch_model, torch_batches(batch), seed, step,
-                                                       accumulate_reduction) if reference else None)
+                reference_grads = (reference.gradients(torch_model, torch_batch, seed, step, accumulate_reduction)
+                                   if reference else None)
             try:
                 with _first_step_errors(step, "torch"), HarnessDropout(torch_model, seed, step) as dropout:
                     torch_loss, captured, torch_norm = _torch_step(
-                        torch_model, torch_criterion, torch_optimizer, names, torch_batches(batch), clipping,
+                        torch_model, torch_criterion, torch_optimizer, names, torch_batch, clipping,
                         accumulate_reduction,
                     )
             except RuntimeError as error:

@@ -249,8 +249,8 @@ def Muon(
 
 
 def build_with_layout(layout: Layout | None, **torch_kwargs: Any) -> optax.GradientTransformation:
-    """:func:`Muon` (``torch_kwargs`` are its arguments) for parameters whose layout differs
-    from torch's (``layout`` as in :func:`~jax_impl.optim.adafactor.layout_permutations`)."""
+    """:func:`Muon` (``torch_kwargs`` are its arguments) for parameters stored in another layout
+    than torch's (``layout`` as in :func:`~jax_impl.optim.adafactor.layout_permutations`)."""
     arguments = inspect.signature(Muon).bind(**torch_kwargs)
     arguments.apply_defaults()
     lr, weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn = arguments.arguments.values()
