@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jax_impl import amp
 from jax_impl.init import (torch_bias_init, torch_kernel_init, torch_normal_init, torch_uniform_init,
                            torch_xavier_uniform_init)
 
@@ -47,14 +48,28 @@ def _zeros(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
 # Linear and convolution
 
 
+class AutocastLinear(nnx.Linear):
+    """An ``nnx.Linear`` that computes as torch's ``linear`` under CPU autocast when traced
+    inside :func:`jax_impl.amp.autocast` (:func:`jax_impl.amp.linear`), and as ``nnx.Linear``
+    otherwise."""
+
+    def __call__(self, inputs: jax.Array, *args, **kwargs) -> jax.Array:
+        dtype = amp.autocast_dtype()
+        if dtype is None:
+            return super().__call__(inputs, *args, **kwargs)
+        bias = self.bias[...] if self.bias is not None else None
+        return amp.linear(inputs, self.kernel[...], bias, dtype)
+
+
 def Linear(
     in_features: int, out_features: int, *, rngs: nnx.Rngs, param_dtype=jnp.float32, bias: bool = True
 ) -> nnx.Linear:
-    """``torch.nn.Linear(in_features, out_features, bias)``: an ``nnx.Linear`` with torch's init.
+    """``torch.nn.Linear(in_features, out_features, bias)``: an ``nnx.Linear`` with torch's init
+    (an :class:`AutocastLinear`, which follows :func:`jax_impl.amp.autocast`).
 
     The kernel is stored (in, out), the transpose of torch's weight (out, in).
     """
-    return nnx.Linear(
+    return AutocastLinear(
         in_features,
         out_features,
         use_bias=bias,

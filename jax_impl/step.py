@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jax_impl import amp as amp_lib
 from jax_impl.optim import param_group_states
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -31,12 +32,19 @@ class TrainState(NamedTuple):
     params: nnx.State  # the nnx.Param variables: what the optimizer updates
     rest: nnx.State  # every other variable (BatchNorm statistics, ...)
     opt_state: optax.OptState
+    #: the dynamic loss scale of mixed precision with a GradScaler (jax_impl.amp), else None
+    loss_scale: amp_lib.LossScaleState | None = None
 
 
-def init_train_state(model: nnx.Module, tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, TrainState]:
-    """Split ``model`` into its graph definition and a :class:`TrainState`."""
+def init_train_state(model: nnx.Module, tx: optax.GradientTransformation,
+                     amp: amp_lib.MixedPrecision | None = None) -> tuple[nnx.GraphDef, TrainState]:
+    """Split ``model`` into its graph definition and a :class:`TrainState` (with the loss
+    scale's initial state when ``amp`` has a scaler)."""
+    if amp is not None:
+        amp_lib.check_supported(model)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    return graphdef, TrainState(params, rest, tx.init(params))
+    loss_scale = amp.scaler.init() if amp is not None and amp.scaler is not None else None
+    return graphdef, TrainState(params, rest, tx.init(params), loss_scale)
 
 
 def _correct(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -53,6 +61,7 @@ def make_train_step(
     clip: Callable[[Any], tuple[Any, Any]] | None = None,
     accumulate: int = 1,
     accumulate_reduction: str = "mean",
+    amp: amp_lib.MixedPrecision | None = None,
     jit: bool = True,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Any]]]:
     """A pure ``train_step(state, (inputs, targets)) -> (state, metrics)``.
@@ -82,22 +91,43 @@ def make_train_step(
     ``accumulate_reduction="sum"`` backpropagates each loss undivided. ``optax.MultiSteps``
     differs: it spreads the K micro-batches over K calls, averages, and keeps its accumulator
     in float32 by default.
+
+    ``amp`` (:class:`jax_impl.amp.MixedPrecision`) is torch's mixed precision recipe: the
+    forward pass and the loss traced under :func:`jax_impl.amp.autocast` (the model outputs
+    cast to float32 for the loss, as torch's autocast does for its losses); with a scaler, the
+    loss multiplied by ``state.loss_scale`` before differentiation, the gradients unscaled
+    before clipping, the update skipped when they hold an inf or NaN (the schedule still
+    advancing) and the scale updated. ``metrics`` then also hold ``found_inf`` and
+    ``loss_scale`` (the scale after the update); ``loss`` is the unscaled loss.
     """
+    if amp is not None and closure:
+        raise ValueError("an optimizer that re-evaluates the loss (LBFGS) cannot be combined with mixed precision")
+    if amp is not None and loss_fn is None:
+        raise ValueError("mixed precision: a loss that carries parameters (loss_fn=None) has no autocast rule yet")
     if clip is not None and closure:
         raise ValueError("an optimizer that re-evaluates the loss (LBFGS) cannot be combined with clipping")
     if accumulate != 1 and closure:
         raise ValueError("an optimizer that re-evaluates the loss (LBFGS) cannot accumulate micro-batches")
     if accumulate_reduction not in ("mean", "sum"):
         raise ValueError(f"accumulate_reduction must be 'mean' or 'sum', got {accumulate_reduction!r}")
-    objective = make_objective(graphdef, loss_fn)
-    gradients = (_accumulated(objective, accumulate, accumulate_reduction) if accumulate != 1
-                 else jax.value_and_grad(objective, has_aux=True))
+    scaler = amp.scaler if amp is not None else None
+    objective = make_objective(graphdef, loss_fn, autocast=amp.dtype if amp is not None else None)
+    seeded = scaler is not None  # backpropagate from the loss scale, as scaler.scale(loss).backward()
+    gradients = (_accumulated(objective, accumulate, accumulate_reduction, seeded) if accumulate != 1
+                 else _value_and_grad(objective, seeded))
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, Any]]:
         _, targets = batch
-        (loss, (logits, rest)), grads = gradients(state.params, state.rest, batch)
+        if scaler is not None and state.loss_scale is None:
+            raise ValueError("mixed precision with a GradScaler needs state.loss_scale: "
+                             "init_train_state(model, tx, amp=amp)")
+        seed = state.loss_scale.scale if scaler is not None else None
+        (loss, (logits, rest)), grads = gradients(state.params, state.rest, batch, seed)
         extra = _closure_args(objective, state.rest, batch, loss) if closure else {}
         last_targets = targets[-1] if accumulate != 1 else targets
+        found_inf = None
+        if scaler is not None:  # scaler.unscale_(optimizer), before clipping
+            grads, found_inf = scaler.unscale(grads, state.loss_scale)
         metrics: dict[str, Any] = {"loss": loss, "correct": _correct(logits, last_targets)}
         if clip is not None:
             grads, total_norm = clip(grads)
@@ -105,53 +135,87 @@ def make_train_step(
                 metrics["grad_norm"] = total_norm
         updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
         params = optax.apply_updates(state.params, updates)
+        loss_scale = state.loss_scale
+        if found_inf is not None:  # scaler.step(optimizer) skips; scheduler.step() does not
+            params = amp_lib.skip_nonfinite_update(found_inf, params, state.params)
+            opt_state = amp_lib.skip_nonfinite_update(found_inf, opt_state, state.opt_state)
+            loss_scale = scaler.update(state.loss_scale, found_inf)
+            metrics["found_inf"] = found_inf
+            metrics["loss_scale"] = loss_scale.scale
         lr = _lr(opt_state)
         if lr is not None:
             metrics["lr"] = lr
         if with_grads:
             metrics["grads"] = grads
-        return TrainState(params, rest, opt_state), metrics
+        return TrainState(params, rest, opt_state, loss_scale), metrics
 
     return jax.jit(train_step) if jit else train_step
 
 
-def make_objective(graphdef: nnx.GraphDef, loss_fn: LossFn) -> Callable[..., Any]:
+def make_objective(graphdef: nnx.GraphDef, loss_fn: LossFn, autocast: Any = None) -> Callable[..., Any]:
     """``objective(params, rest, batch) -> (loss, (logits, rest))``: the model in train mode on
-    ``batch`` (``loss_fn=None``: the model's own ``loss``, :class:`jax_impl.models.WithLoss`); ``rest`` comes back with the updates the forward pass made (BatchNorm's
-    statistics). Differentiate it with ``jax.value_and_grad(objective, has_aux=True)``."""
+    ``batch`` (``loss_fn=None``: the model's own ``loss``, :class:`jax_impl.models.WithLoss`);
+    ``rest`` comes back with the updates the forward pass made (BatchNorm's statistics).
+    Differentiate it with ``jax.value_and_grad(objective, has_aux=True)``. ``autocast`` (a low
+    precision dtype) traces the forward pass under :func:`jax_impl.amp.autocast` and computes
+    the loss on the outputs cast to float32, as torch's autocast computes its losses."""
 
     def objective(params: nnx.State, rest: nnx.State, batch: Batch):
         inputs, targets = batch
         # copy=True: fresh Variables at this trace level, so BatchNorm may update its stats
         model = nnx.merge(graphdef, params, rest, copy=True)
         model.train()
-        loss, logits = _loss_and_scores(model, loss_fn, inputs, targets)
+        if autocast is not None:
+            with amp_lib.autocast(autocast):
+                outputs = model(inputs)
+            outputs = outputs.astype(jnp.float32)  # the loss is on torch's autocast float32 list
+            loss, logits = loss_fn(outputs, targets), outputs
+        else:
+            loss, logits = _loss_and_scores(model, loss_fn, inputs, targets)
         _, _, rest = nnx.split(model, nnx.Param, ...)
         return loss, (logits, rest)
 
     return objective
 
 
-def _accumulated(objective: Callable[..., Any], accumulate: int, reduction: str) -> Callable[..., Any]:
+def _value_and_grad(objective: Callable[..., Any], seeded: bool) -> Callable[..., Any]:
+    """``f(params, rest, batch, seed) -> ((loss, aux), grads)``: ``jax.value_and_grad`` of
+    ``objective``, or, ``seeded``, its gradient backpropagated from ``seed`` instead of 1, as
+    ``(loss * scale).backward()`` backpropagates ``scale`` (the product's forward value, which
+    may overflow, takes no part); ``loss`` is the unscaled loss."""
+    if not seeded:
+        value_and_grad = jax.value_and_grad(objective, has_aux=True)
+        return lambda params, rest, batch, seed=None: value_and_grad(params, rest, batch)
+
+    def seeded_value_and_grad(params, rest, batch, seed):
+        loss, backward, aux = jax.vjp(lambda p: objective(p, rest, batch), params, has_aux=True)
+        (grads,) = backward(jnp.asarray(seed, loss.dtype))
+        return (loss, aux), grads
+
+    return seeded_value_and_grad
+
+
+def _accumulated(objective: Callable[..., Any], accumulate: int, reduction: str,
+                 seeded: bool = False) -> Callable[..., Any]:
     """``value_and_grad(objective)`` summed over ``accumulate`` stacked micro-batches, in order;
     the logits are the last micro-batch's. Unrolled: K is small, and each micro-batch is then
-    computed exactly as a single step computes it."""
+    computed exactly as a single step computes it. ``seeded``: see :func:`_value_and_grad`."""
     divisor = float(accumulate) if reduction == "mean" else None
 
     def scaled(params, rest, batch):
         loss, aux = objective(params, rest, batch)
         return (loss / divisor if divisor else loss), aux
 
-    value_and_grad = jax.value_and_grad(scaled, has_aux=True)
+    value_and_grad = _value_and_grad(scaled, seeded)
 
-    def accumulated(params, rest, batch):
+    def accumulated(params, rest, batch, seed=None):
         inputs, targets = batch
         if inputs.shape[0] != accumulate:
             raise ValueError(f"accumulate={accumulate} needs micro-batches stacked on a leading axis of "
                              f"{accumulate}, got inputs of shape {inputs.shape}")
         total, grads, logits = None, None, None
         for k in range(accumulate):
-            (loss, (logits, rest)), micro = value_and_grad(params, rest, (inputs[k], targets[k]))
+            (loss, (logits, rest)), micro = value_and_grad(params, rest, (inputs[k], targets[k]), seed)
             total = loss if total is None else total + loss
             grads = micro if grads is None else jax.tree.map(jnp.add, grads, micro)
         return (total, (logits, rest)), grads
@@ -188,6 +252,7 @@ def make_update_step(
     tx: optax.GradientTransformation,
     *,
     objective: Callable[..., Any] | None = None,
+    skip_nonfinite: bool = False,
     jit: bool = True,
 ) -> Callable[..., tuple[nnx.State, optax.OptState, Any]]:
     """``update_step(params, opt_state, grads) -> (params, opt_state, lr)``: the optimizer half
@@ -197,6 +262,9 @@ def make_update_step(
     (:func:`make_objective`): the step is then ``update_step(params, opt_state, grads, loss,
     rest, batch)``, ``loss`` and ``grads`` being the first evaluation's, and any further
     evaluation computed on ``batch`` by ``objective``.
+
+    ``skip_nonfinite`` skips the update when the gradients hold an inf or NaN, as a GradScaler's
+    ``scaler.step(optimizer)`` does (the schedule still advances: :func:`jax_impl.amp.skip_nonfinite_update`).
     """
 
     def update_step(params: nnx.State, opt_state: optax.OptState, grads: nnx.State, *closure_inputs):
@@ -204,8 +272,13 @@ def make_update_step(
         if objective is not None:
             loss, rest, batch = closure_inputs
             extra = _closure_args(objective, rest, batch, loss)
-        updates, opt_state = tx.update(grads, opt_state, params, **extra)
-        return optax.apply_updates(params, updates), opt_state, _lr(opt_state)
+        updates, new_opt_state = tx.update(grads, opt_state, params, **extra)
+        new_params = optax.apply_updates(params, updates)
+        if skip_nonfinite:
+            skip = jnp.logical_not(amp_lib.all_finite(grads))
+            new_params = amp_lib.skip_nonfinite_update(skip, new_params, params)
+            new_opt_state = amp_lib.skip_nonfinite_update(skip, new_opt_state, opt_state)
+        return new_params, new_opt_state, _lr(new_opt_state)
 
     return jax.jit(update_step) if jit else update_step
 

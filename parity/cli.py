@@ -86,6 +86,21 @@ def _parser() -> argparse.ArgumentParser:
                           "steps)")
     run.add_argument("--accumulate-reduction", choices=("mean", "sum"), default=defaults.accumulate_reduction,
                      help="mean: backpropagate loss / K; sum: each loss undivided")
+    amp = run.add_argument_group("mixed precision (torch.autocast on CPU and torch.amp.GradScaler; jax_impl.amp)")
+    amp.add_argument("--amp", choices=("bfloat16", "float16"), default=defaults.amp,
+                     help="run the forward pass and the loss under torch.autocast('cpu', dtype=...) with float32 "
+                          "parameters, and with a GradScaler: scale the loss, unscale before clipping, skip a "
+                          "step whose gradients hold an inf or NaN (the scheduler still steps)")
+    amp.add_argument("--no-grad-scaler", dest="grad_scaler", action="store_false",
+                     help="autocast without loss scaling (the usual bfloat16 setup)")
+    amp.add_argument("--init-scale", type=float, metavar="S", default=defaults.init_scale,
+                     help="GradScaler's init_scale")
+    amp.add_argument("--growth-factor", type=float, metavar="F", default=defaults.growth_factor,
+                     help="GradScaler's growth_factor")
+    amp.add_argument("--backoff-factor", type=float, metavar="F", default=defaults.backoff_factor,
+                     help="GradScaler's backoff_factor")
+    amp.add_argument("--growth-interval", type=int, metavar="N", default=defaults.growth_interval,
+                     help="GradScaler's growth_interval: steps without inf/NaN before the scale grows")
     # checkpoints, resume (parity.checkpoints)
     run.add_argument("--checkpoint-dir", metavar="DIR",
                      help="write full checkpoints of both sides after every epoch (DIR/step-NNNNNN/: torch.pt, "
@@ -259,7 +274,9 @@ def _run(args: argparse.Namespace) -> int:
             error_if_nonfinite=args.error_if_nonfinite, clip_grad_value=args.clip_grad_value,
             accumulate=args.accumulate, accumulate_reduction=args.accumulate_reduction,
             checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
-            stats=args.stats, tensorboard=args.tensorboard,
+            stats=args.stats, tensorboard=args.tensorboard, amp=args.amp, grad_scaler=args.grad_scaler,
+            init_scale=args.init_scale, growth_factor=args.growth_factor, backoff_factor=args.backoff_factor,
+            growth_interval=args.growth_interval,
         )
         console = Console()
         if not console.is_terminal:  # a pipe or file: wide enough for the tables, no colour codes

@@ -69,6 +69,26 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
 }
 
 
+def _autocast_tolerances(name: str, ulp: float) -> dict[tuple[str, str], Tolerance]:
+    """The rows of a mixed-precision step under autocast to ``name``, whose unit roundoff is
+    ``ulp`` (2**-8 bfloat16, 2**-11 float16)."""
+    low = (f"autocast {name}: every matmul output is rounded to {name}; XLA and oneDNN sum its float32 "
+           f"products in different orders, which now and then moves an element across a rounding boundary: "
+           f"it then differs by one {name} ulp (2 x {ulp:g} relative at most) and carries that downstream")
+    rows = {
+        ("loss", name): Tolerance(2 * ulp, 0.0, low + "; the mean loss moves by a fraction of it"),
+        ("gradient", name): Tolerance(4 * ulp, 0.0, low + "; up to 2 ulps an element", tensor_rtol=2 * ulp),
+    }
+    for stage in STAGES[2:]:  # resync: computed from torch's gradients, in float32
+        rows[(stage, name)] = dataclasses.replace(TOLERANCES[(stage, "float32")],
+                                                  reason=f"autocast {name}: " + TOLERANCES[(stage, "float32")].reason)
+    return rows
+
+
+TOLERANCES.update(_autocast_tolerances("bfloat16", 2.0**-8))
+TOLERANCES.update(_autocast_tolerances("float16", 2.0**-11))
+
+
 def tolerance(
     stage: str, dtype: str, *, step: int = 0, mode: str = "resync",
     overrides: Mapping[tuple[str, str], Tolerance] | None = None,

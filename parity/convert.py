@@ -354,6 +354,7 @@ def load_torch_optimizer_state(
     *,
     include_hyperparams: bool = False,
     flat_order: "FlatOrder | None" = None,
+    schedule_steps: int | None = None,
 ) -> Any:
     """``opt_state`` with its buffers and counters (and, with ``include_hyperparams``, each
     group's options such as ``lr`` and ``momentum``) taken from ``optimizer``.
@@ -362,6 +363,8 @@ def load_torch_optimizer_state(
     hyperparameters are left alone: they are the port's own configuration, and copying them
     from torch would hide a wrong value or default; resuming a torch run wants them.
     L-BFGS's state is over the flat vector of all parameters: pass ``flat_order``.
+    ``schedule_steps``: the schedules' step count when it differs from ``steps_taken`` (the
+    optimizer steps a GradScaler skipped).
     """
     if isinstance(optimizer, torch.optim.LBFGS):
         first = optimizer.param_groups[0]["params"][0]
@@ -397,7 +400,7 @@ def load_torch_optimizer_state(
                     hyperparams[key] = jnp.asarray(values[key], dtype=jnp.result_type(value))
             updates["hyperparams"] = hyperparams
         loaded.append(replace_torch_state_fields(group_state, updates))
-    return set_update_count(replace_param_group_states(opt_state, loaded), steps_taken)
+    return set_update_count(replace_param_group_states(opt_state, loaded), steps_taken, schedule_steps)
 
 
 def load_jax_optimizer_state_into_torch(

@@ -18,7 +18,7 @@ from rich.text import Text
 from jax_impl.checkpoint import atomic_path
 from parity.compare import StepComparison, TensorError, tolerance
 from parity.runner import ParityReport
-from parity.trace import STAGES
+from parity.trace import FOUND_INF, SCALER_STATE, STAGES
 
 __all__ = ["render", "to_json", "write_json", "write_plot", "SCHEMA"]
 
@@ -92,22 +92,45 @@ def step_table(report: ParityReport, limit: int = 30) -> Table:
                   title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("step", "epoch", "torch loss", "jax loss", "lr"):
         table.add_column(column, justify="right")
+    scaled = any(_scaler_values(step) for step in report.steps)  # a GradScaler: its scale and skips
+    if scaled:
+        table.add_column("loss scale", justify="right")
+        table.add_column("skip", justify="center")
     for stage in stages:
         table.add_column(_STAGE_HEADERS[stage], justify="right")
     table.add_column("", justify="center")
     for index in _rows_to_show(report.steps, limit):
         if index is None:
-            table.add_row(*(["..."] + [""] * (len(stages) + 5)), style="dim")
+            table.add_row(*(["..."] + [""] * (len(stages) + 5 + 2 * scaled)), style="dim")
             continue
         step = report.steps[index]
         table.add_row(
             str(step.step), str(step.epoch), _fmt(step.torch_loss, ".8f"), _fmt(step.jax_loss, ".8f"),
-            _fmt(step.torch_lr, ".6g"), *[_error_cell(step, s) for s in stages],
+            _fmt(step.torch_lr, ".6g"), *(_scaler_cells(step) if scaled else ()),
+            *[_error_cell(step, s) for s in stages],
             Text("ok", style="green") if step.ok else Text("DIFF", style="bold red"),
         )
     if len(report.steps) > limit:
         table.caption = f"{len(report.steps)} steps; some rows elided (--all-steps shows them, --json records them)"
     return table
+
+
+def _scaler_values(step: StepComparison) -> dict[str, TensorError]:
+    """The GradScaler's entries of a step (found_inf, scale), by name; empty without one."""
+    found = {e.name: e for e in step.stages["gradient"].tensors if e.name == FOUND_INF}
+    return found | {e.name: e for e in step.stages["optimizer_state"].tensors if e.name == SCALER_STATE[0]}
+
+
+def _scaler_cells(step: StepComparison) -> tuple[str, str]:
+    """The scale after ``scaler.update()`` (torch's) and whether each side skipped the step."""
+    values = _scaler_values(step)
+    scale = values.get(SCALER_STATE[0])
+    found = values.get(FOUND_INF)
+    if found is None:
+        return _fmt(scale.torch_value if scale else None, ".3g"), ""
+    sides = (found.torch_value == 1.0, found.jax_value == 1.0)
+    skipped = {(False, False): "", (True, True): "both"}.get(sides, "torch" if sides[0] else "JAX")
+    return _fmt(scale.torch_value if scale else None, ".3g"), skipped
 
 
 def epoch_table(report: ParityReport) -> Table:
@@ -156,7 +179,13 @@ def render(report: ParityReport, console: Console, *, all_steps: bool = False) -
     parts = [config.get("model", "model"), config.get("loss", ""), config.get("optimizer", "")]
     if config.get("scheduler"):
         parts.append(f"{config['scheduler']} per {config['scheduler_interval']}")
-    parts += [report.dtype, report.mode]
+    if config.get("amp"):  # float32 parameters, the steps under autocast
+        scaler = (f" + GradScaler(init_scale={config['init_scale']:g}, growth_interval={config['growth_interval']})"
+                  if config.get("grad_scaler") else "")
+        parts.append(f"float32, autocast {config['amp']}{scaler}")
+    else:
+        parts.append(report.dtype)
+    parts.append(report.mode)
     if "data_name" in config:
         parts.append(
             f"data {config['data_name']}: {config['train_samples']} train / {config['val_samples']} val, "

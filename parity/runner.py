@@ -15,6 +15,7 @@ import dataclasses
 import platform
 import re
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ import torch
 from flax import nnx
 
 import jax_impl
+import jax_impl.amp
 import jax_impl.clip
 import jax_impl.losses
 import jax_impl.optim
@@ -41,7 +43,7 @@ from parity.dropout import HarnessDropout, hand_masks_to_jax
 from parity.rounding import RoundingReference, rounding_errors
 from parity.compare import StepComparison, Tolerance, compare_steps, compare_tensors, tolerance
 from parity.spec import DTYPES, INTERVALS, MODES, RunSpec, build_models, parse_param_group, build_torch_loss, build_torch_optimizer, build_torch_scheduler
-from parity.trace import StepTrace
+from parity.trace import SCALER_STATE, StepTrace
 from torch_ref import loop as torch_loop
 
 __all__ = ["EpochSummary", "ParityReport", "check_port", "run", "BUFFERS"]
@@ -174,6 +176,7 @@ def check_port(
     checkpointing: checkpoints.Checkpointing | None = None,
     on_step: StepObserver | None = None,
     stats: bool = False,
+    amp: jax_impl.amp.MixedPrecision | None = None,
 ) -> ParityReport:
     """Train ``torch_model`` and ``jax_model`` side by side and compare every step.
 
@@ -224,6 +227,13 @@ def check_port(
         (:mod:`parity.checkpoints`); the report then holds the steps from the resumed position.
       on_step: called after each step with its comparison and both sides' traces.
       stats: record gradient and activation statistics of both sides (:mod:`parity.stats`).
+      amp: mixed precision (:class:`jax_impl.amp.MixedPrecision`): torch trains under
+        ``torch.autocast("cpu", dtype)`` with a ``torch.amp.GradScaler`` built from the same
+        arguments (:func:`torch_ref.loop.train_step`), JAX with :mod:`jax_impl.amp`. Whether the
+        GradScaler found an inf or NaN is compared at the gradient stage, its scale and growth
+        tracker with the optimizer state; the steps are compared with the tolerances of the
+        autocast dtype (the report's dtype is then ``"bfloat16"`` or ``"float16"``). The rounding
+        reference is off: the low-precision rounding is what those tolerances allow for.
     """
     if mode not in MODES:
         raise SpecError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -239,6 +249,9 @@ def check_port(
         steps_per_epoch = steps_per_epoch // accumulate if steps_per_epoch else None
     dtype = _dtype_name(torch_model)
     numpy_dtype = DTYPES[dtype][2]
+    if amp is not None:
+        _check_amp(amp, dtype, loss, jax_model, checkpointing)
+    scaler = amp.scaler if amp is not None else None
     with_loss = isinstance(loss, str) and jax_impl.losses.carries_parameters(loss)
     if with_loss:  # the loss's parameters train with the model's, as model.* and criterion.*
         torch_model, jax_model, converter = _with_loss(torch_model, jax_model, loss, dtype, seed, converter)
@@ -280,10 +293,15 @@ def check_port(
                        if scheduler else None)
     group_names = convert.torch_param_groups(torch_optimizer, names)
     reference = (RoundingReference(torch_model, _reference_criterion(loss, with_loss), clipping)
-                 if dtype == "float32" and rounding_reference else None)
+                 if dtype == "float32" and rounding_reference and amp is None else None)
+    torch_scaler = (torch.amp.GradScaler("cpu", init_scale=scaler.init_scale, growth_factor=scaler.growth_factor,
+                                         backoff_factor=scaler.backoff_factor, growth_interval=scaler.growth_interval)
+                    if scaler is not None else None)
+    autocast_dtype = getattr(torch, jnp.dtype(amp.dtype).name) if amp is not None else None
+    compared_dtype = jnp.dtype(amp.dtype).name if amp is not None else dtype  # the tolerances' key
     flat_order = convert.FlatOrder.build(converter, params, [n for g in group_names for n in g]) if closure else None
     plateau_states = [plateau.init() for plateau in plateaus] if plateaus else None
-    state = TrainState(params, rest, tx.init(params))
+    state = TrainState(params, rest, tx.init(params), scaler.init() if scaler is not None else None)
     if accumulate > 1 and closure:
         raise SpecError(f"optimizer {optimizer}: LBFGS evaluates its closure several times per step; "
                         "it cannot accumulate micro-batches")
@@ -293,8 +311,9 @@ def check_port(
     clip = (jax_impl.clip.make_clip(clipping.max_norm, clipping.norm_type, clipping.clip_value)
             if clipping is not None else None)
     train_step = make_train_step(graphdef, jax_loss, tx, with_grads=True, closure=closure, clip=clip,
-                                 accumulate=accumulate, accumulate_reduction=accumulate_reduction)
-    update_step = make_update_step(tx, objective=make_objective(graphdef, jax_loss) if closure else None)
+                                 accumulate=accumulate, accumulate_reduction=accumulate_reduction, amp=amp)
+    update_step = make_update_step(tx, objective=make_objective(graphdef, jax_loss) if closure else None,
+                                   skip_nonfinite=scaler is not None)
     eval_step = make_eval_step(graphdef, jax_loss)
 
     def numpy_inputs(inputs: Any) -> np.ndarray:
@@ -320,6 +339,7 @@ def check_port(
     comparisons: list[StepComparison] = []
     summaries: list[EpochSummary] = []
     step = 0
+    applied = 0  # torch's optimizer updates: the steps less those a GradScaler skipped
     halted = None
     localization, localization_step, first_step = None, None, None  # first_step: to localise step 0
     masked: set[str] = set()  # the JAX dropout layers holding a mask
@@ -375,25 +395,34 @@ def check_port(
                 with _first_step_errors(step, "torch"), HarnessDropout(torch_model, seed, step) as dropout:
                     torch_loss, captured, torch_norm = _torch_step(
                         torch_model, torch_criterion, torch_optimizer, names, torch_batch, clipping,
-                        accumulate_reduction,
+                        accumulate_reduction, autocast_dtype, torch_scaler,
                     )
             except RuntimeError as error:
                 if "cannot be clipped" not in str(error):  # clip_grad_norm_(error_if_nonfinite=True)
                     raise
                 halted = f"step {step}: torch's clip_grad_norm_ raised: {str(error).splitlines()[0]}"
                 break
+            # scaler.step skipped the update if the gradients it unscaled hold an inf or NaN
+            torch_found_inf = (not all(np.isfinite(g).all() for g in captured.values())
+                               if torch_scaler is not None else None)
+            applied += 0 if torch_found_inf else 1
             torch_trace = StepTrace(
                 loss=float(torch_loss.item()),
                 lr=float(numpy_dtype(torch_lr)),  # torch casts lr to the parameters' dtype
                 grads=captured,
-                optimizer_state=convert.torch_optimizer_state(torch_optimizer, names, step + 1),
+                optimizer_state=convert.torch_optimizer_state(torch_optimizer, names, applied),
                 params=_torch_params(torch_model),
                 buffers=_torch_buffers(torch_model),
                 hyperparams=torch_hyperparams,
                 grad_norm=torch_norm,
+                found_inf=torch_found_inf,
+                scaler=_torch_scaler_state(torch_scaler),
             )
             if torch_scheduler is not None and scheduler_interval == "step":
-                torch_scheduler.step()
+                with warnings.catch_warnings():
+                    if torch_found_inf:  # torch warns of a scheduler step before any optimizer step
+                        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+                    torch_scheduler.step()
 
             # JAX: the compiled functional step, with the dropout masks torch used
             if dropout.masks or masked:
@@ -415,20 +444,26 @@ def check_port(
                                   if closure else ())
                 params, opt_state, jax_lr = update_step(state_before.params, state_before.opt_state, torch_grads,
                                                         *closure_inputs)
-                state = TrainState(params, state.rest, opt_state)
+                state = state._replace(params=params, opt_state=opt_state)
+            jax_optimizer_state = convert.jax_optimizer_state(state.opt_state, converter, group_names,
+                                                              flat_order=flat_order)
+            if applied == 0:  # every update skipped so far: torch has not created its buffers yet
+                jax_optimizer_state = {key: value for key, value in jax_optimizer_state.items()
+                                       if key in torch_trace.optimizer_state}
             jax_trace = StepTrace(
                 loss=float(metrics["loss"]),
                 lr=float(numpy_dtype(jax_lr)),  # the transforms cast lr to the params' dtype
                 grads=converter.to_torch(metrics["grads"]),
-                optimizer_state=convert.jax_optimizer_state(state.opt_state, converter, group_names,
-                                                            flat_order=flat_order),
+                optimizer_state=jax_optimizer_state,
                 params=converter.to_torch(state.params),
                 buffers=converter.to_torch(nnx.filter_state(state.rest, BUFFERS)),
                 hyperparams=_scheduled_hyperparams(_jax_param_groups(state.opt_state), numpy_dtype, torch_scheduler),
                 grad_norm=float(metrics["grad_norm"]) if "grad_norm" in metrics else None,
+                found_inf=bool(metrics["found_inf"]) if "found_inf" in metrics else None,
+                scaler=_jax_scaler_state(state.loss_scale),
             )
             rounding = rounding_errors(torch_trace.grads, reference_grads) if reference_grads else None
-            comparison = compare_steps(step, epoch, torch_trace, jax_trace, dtype, mode, tolerances, rounding)
+            comparison = compare_steps(step, epoch, torch_trace, jax_trace, compared_dtype, mode, tolerances, rounding)
             comparisons.append(comparison)
             if on_step is not None:
                 on_step(comparison, torch_trace, jax_trace)
@@ -457,9 +492,10 @@ def check_port(
                         converter.to_jax(torch_trace.params, state.params, what="parameters"),
                         _load_buffers(converter, torch_trace.buffers, state.rest),
                         convert.load_torch_optimizer_state(
-                            state.opt_state, torch_optimizer, names, converter, step, include_hyperparams=False,
-                            flat_order=flat_order,
+                            state.opt_state, torch_optimizer, names, converter, applied, include_hyperparams=False,
+                            flat_order=flat_order, schedule_steps=step,
                         ),
+                        _jax_loss_scale(torch_scaler),
                     )
                 except convert.ConversionError as error:
                     if comparison.ok:
@@ -485,7 +521,7 @@ def check_port(
                 plateau_states = [p.step(s, jax_val[0]) for p, s in zip(plateaus, plateau_states, strict=True)]
                 state = state._replace(opt_state=jax_impl.optim.set_hyperparam(
                     state.opt_state, "lr", [s.lr for s in plateau_states]))
-            tol = tolerance("loss", dtype, step=step, mode=mode, overrides=tolerances)
+            tol = tolerance("loss", dtype, step=step, mode=mode, overrides=tolerances)  # validation: no autocast
             val_ok = compare_tensors("val_loss", torch_val[0], jax_val[0], tol).ok
             summary = dataclasses.replace(
                 summary, torch_val_loss=torch_val[0], jax_val_loss=jax_val[0],
@@ -503,7 +539,7 @@ def check_port(
                 config, jax_state=state, plateau_states=plateau_states, **saved_objects)
     if localization is None and first_step is not None:
         localization, localization_step = _localize(*first_step, loss=loss, dtype=dtype, step=0), 0
-    return ParityReport(config, dtype, mode, comparisons, summaries, time.perf_counter() - started, versions(),
+    return ParityReport(config, compared_dtype, mode, comparisons, summaries, time.perf_counter() - started, versions(),
                         dict(tolerances or {}), halted, localization, localization_step, nonfinite,
                         recorder.steps if recorder is not None else None)
 
@@ -696,8 +732,46 @@ def _first_step_errors(step: int, side: str):
         raise SpecError(f"the {side} side failed on the first batch: {message}") from None
 
 
+def _check_amp(amp: jax_impl.amp.MixedPrecision, dtype: str, loss: Any, jax_model: nnx.Module,
+               checkpointing: checkpoints.Checkpointing | None) -> None:
+    """What mixed precision needs: float32 parameters, a loss torch's autocast computes in
+    float32, layers with an autocast rule; checkpoints do not hold a GradScaler yet."""
+    if dtype != "float32":
+        raise SpecError(f"mixed precision trains float32 parameters under autocast; the models are {dtype}")
+    if not isinstance(loss, str):
+        raise SpecError("mixed precision needs a torch loss spec (its autocast rule), not a custom loss pair")
+    try:
+        jax_impl.amp.check_loss(parse_call(loss).name)
+        jax_impl.amp.check_supported(jax_model)
+    except ValueError as error:
+        raise SpecError(str(error)) from None
+    if checkpointing is not None:
+        raise SpecError("mixed precision with checkpoints: the checkpoints do not hold the GradScaler's state yet")
+
+
+def _torch_scaler_state(scaler: torch.amp.GradScaler | None) -> dict[str, float]:
+    if scaler is None:
+        return {}
+    return dict(zip(SCALER_STATE, (scaler.get_scale(), float(scaler.state_dict()["_growth_tracker"])), strict=True))
+
+
+def _jax_scaler_state(loss_scale: jax_impl.amp.LossScaleState | None) -> dict[str, float]:
+    if loss_scale is None:
+        return {}
+    return dict(zip(SCALER_STATE, (float(loss_scale.scale), float(loss_scale.growth_tracker)), strict=True))
+
+
+def _jax_loss_scale(scaler: torch.amp.GradScaler | None) -> jax_impl.amp.LossScaleState | None:
+    """torch's GradScaler state as the JAX train state's ``loss_scale`` (resync)."""
+    if scaler is None:
+        return None
+    return jax_impl.amp.LossScaleState(jnp.asarray(np.float32(scaler.get_scale())),
+                                       jnp.asarray(scaler.state_dict()["_growth_tracker"], jnp.int32))
+
+
 def _torch_step(model, criterion, optimizer, names, batches, clipping: torch_loop.Clipping | None = None,
-                accumulate_reduction: str = "mean") -> tuple[torch.Tensor, dict[str, np.ndarray], float | None]:
+                accumulate_reduction: str = "mean", autocast_dtype: torch.dtype | None = None,
+                scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, dict[str, np.ndarray], float | None]:
     """``torch_ref.loop.train_step`` on the one batch of ``batches`` (``accumulation_step`` on
     several); also returns the gradients ``step()`` saw and what ``clip_grad_norm_`` returned
     (the harness clips, with the loop's own :func:`torch_ref.loop.clip_gradients`, where the
@@ -718,10 +792,12 @@ def _torch_step(model, criterion, optimizer, names, batches, clipping: torch_loo
         grads.update({name: convert.to_numpy(p.grad) for p, name in names.items()})
 
     if len(batches) == 1:
-        loss, _ = torch_loop.train_step(model, criterion, optimizer, *batches[0], before_step=read_grads)
+        loss, _ = torch_loop.train_step(model, criterion, optimizer, *batches[0], before_step=read_grads,
+                                        autocast_dtype=autocast_dtype, scaler=scaler)
     else:
         loss, _ = torch_loop.accumulation_step(model, criterion, optimizer, batches, before_step=read_grads,
-                                               reduction=accumulate_reduction)
+                                               reduction=accumulate_reduction, autocast_dtype=autocast_dtype,
+                                               scaler=scaler)
     return loss, grads, (total_norm[0] if total_norm else None)
 
 
@@ -813,7 +889,7 @@ def _run_port(torch_model, jax_model, spec, epochs, val_batches, dataset, on_ste
         if spec.checkpoint_dir or spec.resume else None, on_step=on_step, stats=spec.stats,
         val_batches=val_batches, mode=spec.mode, progress=progress, tolerances=tolerances, seed=spec.seed,
         localize=spec.localize, rounding_reference=spec.rounding_reference, clipping=spec.clipping,
-        accumulate=spec.accumulate, accumulate_reduction=spec.accumulate_reduction,
+        accumulate=spec.accumulate, accumulate_reduction=spec.accumulate_reduction, amp=spec.mixed_precision,
         config=spec.to_dict() | {"data_name": dataset.name, "train_samples": len(dataset.x_train),
                                  "val_samples": len(dataset.x_val), "input_size": dataset.input_size,
                                  "num_classes": dataset.num_classes},

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from flax import nnx
 
+import jax_impl.amp
 import jax_impl.losses
 import jax_impl.models
 import jax_impl.optim
@@ -80,6 +81,15 @@ class RunSpec:
     stats: bool = False
     #: TensorBoard event files of both sides in DIR/torch and DIR/jax (:mod:`parity.tensorboard`)
     tensorboard: str | None = None
+    #: mixed precision: torch.autocast("cpu", dtype=amp) around the forward pass and the loss
+    #: ("bfloat16" or "float16"; None: off), with a torch.amp.GradScaler unless grad_scaler is
+    #: False; the GradScaler's own arguments follow (torch's defaults)
+    amp: str | None = None
+    grad_scaler: bool = True
+    init_scale: float = 2.0**16
+    growth_factor: float = 2.0
+    backoff_factor: float = 0.5
+    growth_interval: int = 2000
 
     def __post_init__(self) -> None:
         for key in ("model", "loss", "optimizer", "scheduler"):
@@ -120,6 +130,24 @@ class RunSpec:
             raise SpecError(f"norm_type must be a positive number or inf, got {norm_type!r}")
         if self.clip_grad_norm is None and (norm_type != 2.0 or self.error_if_nonfinite):
             raise SpecError("norm_type and error_if_nonfinite apply to clip_grad_norm: set clip_grad_norm too")
+        if self.amp is not None:
+            _choice("amp", self.amp, tuple(jax_impl.amp.AUTOCAST_DTYPES))
+            if self.dtype != "float32":
+                raise SpecError(f"amp={self.amp} trains float32 parameters under autocast: dtype must be float32, "
+                                f"got {self.dtype}")
+        self.mixed_precision  # checks the GradScaler's arguments
+
+    @property
+    def mixed_precision(self) -> "jax_impl.amp.MixedPrecision | None":
+        """This run's autocast dtype and GradScaler, or None without ``amp``."""
+        if self.amp is None:
+            return None
+        try:
+            scaler = (jax_impl.amp.GradScaler(self.init_scale, self.growth_factor, self.backoff_factor,
+                                              self.growth_interval) if self.grad_scaler else None)
+        except ValueError as error:
+            raise SpecError(str(error)) from None
+        return jax_impl.amp.MixedPrecision(jax_impl.amp.AUTOCAST_DTYPES[self.amp], scaler)
 
     @property
     def clipping(self) -> "torch_ref.loop.Clipping | None":

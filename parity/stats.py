@@ -79,7 +79,12 @@ def first_nonfinite(step: int, torch_trace: StepTrace, jax_trace: StepTrace) -> 
             found = [tensors.get(name) for tensors in (torch_tensors, jax_tensors)]
             if any(v is not None and not np.all(np.isfinite(np.asarray(v, dtype=np.float64))) for v in found):
                 counts = [("missing" if v is None else _count(v)) for v in found]
-                return f"step {step}: {name} {_STAGE_WORDS[stage]} has {counts[0]} (torch) / {counts[1]} (JAX)"
+                skipped = (" (the GradScaler skips this step: torch "
+                           f"{'skips' if torch_trace.found_inf else 'does not skip'}, JAX "
+                           f"{'skips' if jax_trace.found_inf else 'does not skip'})"
+                           if stage == "gradient" and torch_trace.found_inf is not None else "")
+                return (f"step {step}: {name} {_STAGE_WORDS[stage]} has {counts[0]} (torch) / {counts[1]} (JAX)"
+                        + skipped)
     return None
 
 

@@ -10,6 +10,7 @@ computed by this code.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Callable, Iterable
@@ -62,6 +63,8 @@ def train_step(
     targets: torch.Tensor,
     before_step: Callable[[], None] | None = None,
     clipping: Clipping | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step; returns ``(loss, outputs)``.
 
@@ -69,23 +72,27 @@ def train_step(
     ``before_step`` runs after that and before ``optimizer.step()``: the point where gradients
     are exactly what the optimizer will see.
 
+    Mixed precision as torch's AMP recipe writes it: ``autocast_dtype`` runs the forward pass
+    and the loss under ``torch.autocast("cpu", dtype=autocast_dtype)``; with a ``scaler``
+    (``torch.amp.GradScaler``) the loss is scaled before ``backward()``, the gradients are
+    unscaled (``scaler.unscale_``) before clipping, and ``scaler.step(optimizer)`` skips the
+    step when they hold an inf or NaN; ``scaler.update()`` then adjusts the scale.
+
     An optimizer that re-evaluates the loss (``torch.optim.LBFGS``) is stepped with a closure,
     as its documentation shows; ``before_step`` then sees the gradients of the first
     evaluation, and the loss and outputs returned are those of the first evaluation too.
     """
     model.train()
     if isinstance(optimizer, torch.optim.LBFGS):
-        if clipping is not None:
-            raise ValueError("LBFGS evaluates its closure several times per step; clip inside the closure")
+        if clipping is not None or autocast_dtype is not None or scaler is not None:
+            raise ValueError("LBFGS evaluates its closure several times per step; clip and autocast inside the closure")
         return _closure_step(model, criterion, optimizer, inputs, targets, before_step)
     optimizer.zero_grad()
-    outputs = model(inputs)
-    loss = criterion(outputs, targets)
-    loss.backward()
-    clip_gradients(model.parameters(), clipping)
-    if before_step is not None:
-        before_step()
-    optimizer.step()
+    with _autocast(autocast_dtype):
+        outputs = model(inputs)
+        loss = criterion(outputs, targets)
+    _backward(loss, scaler)
+    _step(model, optimizer, clipping, before_step, scaler)
     return loss, outputs
 
 
@@ -97,12 +104,16 @@ def accumulation_step(
     before_step: Callable[[], None] | None = None,
     clipping: Clipping | None = None,
     reduction: str = "mean",
+    autocast_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step over ``K = len(micro_batches)`` micro-batches, the seed's gradient
     accumulation: ``(criterion(model(x), y) / K).backward()`` for each (``reduction="mean"``;
     ``"sum"`` backpropagates each loss undivided), so the gradients add up in ``p.grad``; then
     clipping, ``before_step`` and ``optimizer.step()``. Returns the sum of the backpropagated
-    losses (the mean micro-batch loss for ``"mean"``) and the last micro-batch's outputs."""
+    losses (the mean micro-batch loss for ``"mean"``) and the last micro-batch's outputs.
+    ``autocast_dtype`` and ``scaler`` as in :func:`train_step`: each micro-batch's scaled loss
+    is backpropagated, and the summed gradients are unscaled once, before clipping."""
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     if isinstance(optimizer, torch.optim.LBFGS):
@@ -111,17 +122,38 @@ def accumulation_step(
     optimizer.zero_grad()
     total, outputs = None, None
     for inputs, targets in micro_batches:
-        outputs = model(inputs)
-        loss = criterion(outputs, targets)
-        if reduction == "mean":
-            loss = loss / len(micro_batches)
-        loss.backward()  # adds to p.grad
+        with _autocast(autocast_dtype):
+            outputs = model(inputs)
+            loss = criterion(outputs, targets)
+            if reduction == "mean":
+                loss = loss / len(micro_batches)
+        _backward(loss, scaler)  # adds to p.grad
         total = loss.detach() if total is None else total + loss.detach()
+    _step(model, optimizer, clipping, before_step, scaler)
+    return total, outputs
+
+
+def _autocast(dtype: torch.dtype | None):
+    return torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def _backward(loss: torch.Tensor, scaler: torch.amp.GradScaler | None) -> None:
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+
+
+def _step(model, optimizer, clipping, before_step, scaler) -> None:
+    """Clip, ``before_step``, step: the part after the backward pass, with a scaler's unscale,
+    skipped step and update around it."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # before clipping, so max_norm applies to the true gradients
     clip_gradients(model.parameters(), clipping)
     if before_step is not None:
         before_step()
-    optimizer.step()
-    return total, outputs
+    if scaler is not None:
+        scaler.step(optimizer)  # skipped if the gradients hold an inf or NaN
+        scaler.update()
+    else:
+        optimizer.step()
 
 
 def _closure_step(model, criterion, optimizer, inputs, targets, before_step):

@@ -136,26 +136,32 @@ def check_lr(lr: Any) -> None:
         raise ValueError(f"Invalid learning rate: {lr}")
 
 
-def set_update_count(opt_state: Any, count: int) -> Any:
+def set_update_count(opt_state: Any, count: int, schedule_count: int | None = None) -> Any:
     """Set every update counter in ``opt_state`` to ``count``: the optimizer's, and those of
-    injected schedules (optax keeps one per scheduled hyperparameter).
+    injected schedules (optax keeps one per scheduled hyperparameter), which get
+    ``schedule_count`` instead when it is given (the steps a GradScaler skipped advanced the
+    schedule but not the optimizer).
 
     Used to continue from a torch optimizer that has taken ``count`` steps.
     """
 
-    def rebuild(node: Any) -> Any:
+    def rebuild(node: Any, value: int) -> Any:
         if isinstance(node, tuple) and hasattr(node, "_fields"):
-            changes = {name: rebuild(getattr(node, name)) for name in node._fields}
+            injected = _is_injected(node)
+            schedule = value if schedule_count is None or not injected else schedule_count
+            # an injected state's own count and its schedules' states count the schedule's steps
+            changes = {name: rebuild(getattr(node, name), value if name == "inner_state" else schedule)
+                       for name in node._fields}
             if changes.get("count") is not None:
-                changes["count"] = jnp.asarray(count, dtype=jnp.result_type(changes["count"]))
+                changes["count"] = jnp.asarray(schedule, dtype=jnp.result_type(changes["count"]))
             return node._replace(**changes)
         if isinstance(node, (tuple, list)):
-            return type(node)(rebuild(child) for child in node)
+            return type(node)(rebuild(child, value) for child in node)
         if isinstance(node, dict):
-            return {key: rebuild(value) for key, value in node.items()}
+            return {key: rebuild(child, value) for key, child in node.items()}
         return node
 
-    return rebuild(opt_state)
+    return rebuild(opt_state, count)
 
 
 def param_group_states(opt_state: Any) -> list[Any]:

@@ -11,10 +11,10 @@ from parity.compare import TOLERANCES, Tolerance
 from parity.runner import ParityReport, run
 from parity.spec import RunSpec, parse_call
 
-__all__ = ["Case", "COMPONENTS", "BASE", "LONG", "float32_cases"]
+__all__ = ["Case", "COMPONENTS", "BASE", "LONG", "float32_cases", "float64_cases"]
 
 #: What a case can be about; each is also the RunSpec field (or property) that names it.
-COMPONENTS = ("optimizer", "scheduler", "loss", "model", "clipping", "accumulation")
+COMPONENTS = ("optimizer", "scheduler", "loss", "model", "clipping", "accumulation", "amp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +53,14 @@ class Case:
             return "clip_grad_norm_" if self.spec.clip_grad_norm is not None else "clip_grad_value_"
         if self.component == "accumulation":  # the seed's loss / K, or undivided losses
             return f"accumulate ({self.spec.accumulate_reduction})"
+        if self.component == "amp":
+            return f"autocast {self.spec.amp}"
         return parse_call(getattr(self.spec, self.component)).name
+
+    @property
+    def dtypes(self) -> tuple[str, ...]:
+        """The dtypes this case can run in: mixed precision trains float32 parameters only."""
+        return ("float32",) if self.spec.amp is not None else ("float64", "float32")
 
     def run_spec(self, dtype: str, mode: str = "resync") -> RunSpec:
         return dataclasses.replace(self.spec, dtype=dtype, mode=mode)
@@ -78,6 +85,11 @@ BASE = RunSpec(
 
 #: :data:`BASE` for 20 updates (2 epochs of 10): every optimizer case runs at least this long.
 LONG = dataclasses.replace(BASE, steps_per_epoch=10)
+
+
+def float64_cases(cases: tuple[Case, ...]) -> tuple[Case, ...]:
+    """The cases the suite runs in float64: all but the mixed-precision ones."""
+    return tuple(case for case in cases if "float64" in case.dtypes)
 
 
 def float32_cases(cases: tuple[Case, ...]) -> tuple[Case, ...]:

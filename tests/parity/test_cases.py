@@ -10,6 +10,7 @@ import dataclasses
 
 import pytest
 
+import jax_impl.amp
 import jax_impl.losses
 import jax_impl.models
 import jax_impl.optim
@@ -17,7 +18,7 @@ import jax_impl.schedules
 import parity
 import torch_ref.models
 from parity.cases import CASES, Case
-from parity.cases._base import float32_cases
+from parity.cases._base import float32_cases, float64_cases
 from parity.cases.loss_inputs import LOSS_CASES
 from parity.cases.optimizers import UNIT_TESTED_ONLY
 from parity.compare import TOLERANCES, Tolerance
@@ -31,7 +32,7 @@ def _failure_message(case: Case, report: parity.ParityReport) -> str:
             f"(epoch {step.epoch}), stage {stage}: {error.describe()}")
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+@pytest.mark.parametrize("case", float64_cases(CASES), ids=lambda case: case.name)
 def test_case_holds_in_float64_resync_mode(case: Case):
     report = case.run("float64", "resync")
     assert len(report.steps) == case.spec.epochs * case.spec.steps_per_epoch
@@ -67,6 +68,7 @@ def test_case_names_are_unique():
     ("model", torch_ref.models.MODELS),
     ("clipping", {"clip_grad_norm_", "clip_grad_value_"}),
     ("accumulation", {"accumulate (mean)", "accumulate (sum)"}),
+    ("amp", {f"autocast {name}" for name in jax_impl.amp.AUTOCAST_DTYPES}),
 ])
 def test_every_supported_name_has_a_case(component, registry):
     covered = {case.covers for case in CASES if case.component == component}
@@ -82,7 +84,8 @@ def test_every_case_names_a_registered_component():
     registries = {"optimizer": jax_impl.optim.OPTIMIZERS, "scheduler": jax_impl.schedules.SCHEDULERS,
                   "loss": jax_impl.losses.LOSSES, "model": jax_impl.models.MODELS,
                   "clipping": {"clip_grad_norm_", "clip_grad_value_"},
-                  "accumulation": {"accumulate (mean)", "accumulate (sum)"}}
+                  "accumulation": {"accumulate (mean)", "accumulate (sum)"},
+                  "amp": {f"autocast {name}" for name in jax_impl.amp.AUTOCAST_DTYPES}}
     unknown = [case.name for case in CASES if case.covers not in registries[case.component]]
     assert not unknown
 

@@ -1,0 +1,276 @@
+"""Mixed precision as PyTorch does it on CPU: ``torch.autocast("cpu", dtype)`` and
+``torch.amp.GradScaler``.
+
+>>> from jax_impl.amp import MixedPrecision, GradScaler
+>>> amp = MixedPrecision(jnp.bfloat16, GradScaler(init_scale=2.0**16))
+>>> train_step = make_train_step(graphdef, loss_fn, tx, amp=amp)   # jax_impl.step
+>>> graphdef, state = init_train_state(model, tx, amp=amp)          # holds the loss scale
+
+**Autocast.** torch's CPU autocast runs each op in the dtype its op lists give it; the
+parameters stay float32 ("master weights"). Measured on torch 2.13 (``tests/parity/test_amp.py``
+checks each rule against torch):
+
+* ``linear`` (and ``matmul``, ``addmm``, convolutions: torch's lower-precision list) casts its
+  input, weight and bias to the autocast dtype and computes ``round(x @ W^T + b)``: products of
+  the rounded operands summed in float32 with the bias, then **one** rounding to the autocast
+  dtype (oneDNN's fused bias; adding the bias after rounding the product differs in about a
+  quarter of the elements). Its backward takes the gradient of the output in the autocast dtype
+  and computes each of ``dx = dy @ W``, ``dW = dy^T @ x`` and ``db = sum(dy)`` the same way
+  (float32 sums, one rounding); ``dW`` and ``db`` then reach the float32 parameters exactly
+  (the backward of the cast). :func:`linear` is that op, as a ``jax.custom_vjp`` whose
+  backward is written out, so it does not depend on how XLA accumulates a low-precision dot.
+* ReLU and other ops on neither list run in their input's dtype (ReLU is exact in any).
+* The losses are on torch's float32 list: the low-precision model outputs are cast to float32
+  and the loss is computed there (:data:`FLOAT32_LOSSES`); their gradient is rounded back to
+  the autocast dtype by the cast's backward.
+
+:func:`autocast` is a context entered while a function is traced (inside the function you
+``jit``): the layers of :mod:`jax_impl.layers` that have a rule consult it. A model with a
+layer that has no rule yet is refused by :func:`check_supported`, naming the layer, rather than
+run in float32 silently.
+
+**Loss scaling.** :class:`GradScaler` is ``torch.amp.GradScaler`` as pure functions of a
+:class:`LossScaleState` (``scale`` float32, ``growth_tracker`` int32):
+
+* ``scale(loss)`` is ``loss * scale`` in float32;
+* ``unscale(grads)`` multiplies by ``float32(1 / float64(scale))`` (torch takes the reciprocal in
+  double; here in the widest float enabled: exact for torch's power-of-two scales either way)
+  and reports ``found_inf``: any non-finite element among the gradients *before* unscaling;
+* the optimizer step is skipped when ``found_inf`` (:func:`skip_nonfinite_update`): parameters
+  and the optimizer's own state (moments, its step count) are kept, while injected schedules
+  still advance, as torch's ``scheduler.step()`` still runs after a skipped
+  ``scaler.step(optimizer)`` (``optax.apply_if_finite`` differs: it freezes the schedule too);
+* ``update(found_inf)``: on ``found_inf`` the scale is multiplied by ``backoff_factor`` and the
+  tracker reset; otherwise the tracker counts up and at ``growth_interval`` the scale is
+  multiplied by ``growth_factor`` (kept only if finite) and the tracker reset. The products
+  are taken in double and rounded to float32, as torch's kernel does (here in the widest float
+  enabled).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import threading
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+__all__ = ["AUTOCAST_DTYPES", "FLOAT32_LOSSES", "autocast", "autocast_dtype", "linear", "check_supported",
+           "GradScaler", "LossScaleState", "MixedPrecision", "all_finite", "skip_nonfinite_update"]
+
+#: the dtypes torch's CPU autocast takes, by torch's name
+AUTOCAST_DTYPES = {"bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+#: torch.nn losses whose functional op is on torch's autocast float32 list (checked against
+#: torch: under ``torch.autocast("cpu", torch.bfloat16)`` each returns float32 from
+#: low-precision inputs): the port casts the model outputs to float32 before them.
+FLOAT32_LOSSES = frozenset({
+    "CrossEntropyLoss", "NLLLoss", "MSELoss", "L1Loss", "SmoothL1Loss", "HuberLoss", "KLDivLoss",
+    "BCEWithLogitsLoss", "MultiMarginLoss", "SoftMarginLoss", "HingeEmbeddingLoss", "PoissonNLLLoss",
+})
+
+_state = threading.local()
+
+
+def autocast_dtype() -> Any:
+    """The dtype of the innermost active :func:`autocast`, or None outside one."""
+    return getattr(_state, "dtype", None)
+
+
+@contextlib.contextmanager
+def autocast(dtype: Any) -> Iterator[None]:
+    """``torch.autocast("cpu", dtype=dtype)`` for the layers traced inside it (``None``: off)."""
+    if dtype is not None and jnp.dtype(dtype) not in {jnp.dtype(d) for d in AUTOCAST_DTYPES.values()}:
+        raise ValueError(f"autocast dtype must be one of {', '.join(AUTOCAST_DTYPES)}, got {dtype}")
+    previous = autocast_dtype()
+    _state.dtype = None if dtype is None else jnp.dtype(dtype)
+    try:
+        yield
+    finally:
+        _state.dtype = previous
+
+
+# ------------------------------------------------------------------------------------------
+# linear under autocast
+
+
+def _low(x: jax.Array, dtype: Any) -> jax.Array:
+    """``x`` rounded to the autocast dtype, held in float32 (exactly) for a float32 sum."""
+    return x.astype(dtype).astype(jnp.float32)
+
+
+def _linear_forward(x, kernel, bias, dtype):
+    xf, kf = _low(x, dtype), _low(kernel, dtype)
+    y = jnp.matmul(xf, kf)  # float32 sums of exact products
+    if bias is not None:
+        y = y + _low(bias, dtype)
+    return y.astype(dtype)  # one rounding, as oneDNN's fused bias
+
+
+@jax.custom_vjp
+def _linear(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, dtype_probe: jax.Array) -> jax.Array:
+    return _linear_forward(x, kernel, bias, dtype_probe.dtype)
+
+
+def _linear_fwd(x, kernel, bias, dtype_probe):
+    return _linear_forward(x, kernel, bias, dtype_probe.dtype), (x, kernel, bias, dtype_probe)
+
+
+def _linear_bwd(residuals, dy):
+    x, kernel, bias, dtype_probe = residuals
+    dtype = dtype_probe.dtype
+    dyf = dy.astype(jnp.float32)  # the output's gradient arrives in the autocast dtype
+    xf, kf = _low(x, dtype), _low(kernel, dtype)
+    leading = tuple(range(x.ndim - 1))
+    dx = jnp.matmul(dyf, kf.T).astype(dtype).astype(x.dtype)
+    dkernel = jnp.tensordot(xf, dyf, axes=(leading, leading)).astype(dtype).astype(kernel.dtype)
+    dbias = None if bias is None else jnp.sum(dyf, axis=leading).astype(dtype).astype(bias.dtype)
+    return dx, dkernel, dbias, jnp.zeros_like(dtype_probe)
+
+
+_linear.defvjp(_linear_fwd, _linear_bwd)
+
+
+def linear(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, dtype: Any) -> jax.Array:
+    """``torch.nn.functional.linear`` under CPU autocast to ``dtype``: ``kernel`` is (in, out)
+    (Flax's layout, torch's weight transposed); the result is in ``dtype``."""
+    return _linear(x, kernel, bias, jnp.zeros((), dtype))
+
+
+# ------------------------------------------------------------------------------------------
+# which models autocast supports
+
+
+def check_supported(model: nnx.Module) -> None:
+    """Raise ``ValueError`` naming the first layer of ``model`` that has no autocast rule here:
+    running it in float32 would silently differ from torch's autocast."""
+    from jax_impl import layers, models  # the modules that consult autocast
+
+    supported = (layers.AutocastLinear, models.SimpleNN)
+    for path, module in nnx.iter_modules(model):
+        if type(module) in supported:
+            continue
+        where = ".".join(str(p) for p in path) or "the model"
+        raise ValueError(f"mixed precision: {where} ({type(module).__name__}) has no autocast rule in jax_impl.amp "
+                         "yet (supported: Linear layers with ReLU, as in SimpleNN)")
+
+
+def check_loss(name: str) -> None:
+    """Raise ``ValueError`` unless the torch loss ``name`` runs in float32 under autocast."""
+    if name not in FLOAT32_LOSSES:
+        raise ValueError(f"mixed precision: loss {name} is not one of the losses torch's autocast computes in float32 "
+                         f"({', '.join(sorted(FLOAT32_LOSSES))})")
+
+
+# ------------------------------------------------------------------------------------------
+# loss scaling
+
+
+class LossScaleState(NamedTuple):
+    """``torch.amp.GradScaler``'s state: ``_scale`` and ``_growth_tracker``."""
+
+    scale: jax.Array  # float32
+    growth_tracker: jax.Array  # int32: consecutive steps without inf/NaN
+
+
+def _wide() -> Any:
+    return jnp.result_type(float)  # float64 under x64, else float32
+
+
+@dataclasses.dataclass(frozen=True)
+class GradScaler:
+    """``torch.amp.GradScaler("cpu", init_scale, growth_factor, backoff_factor, growth_interval)``
+    as pure functions of a :class:`LossScaleState` (see the module's docstring)."""
+
+    init_scale: float = 2.0**16
+    growth_factor: float = 2.0
+    backoff_factor: float = 0.5
+    growth_interval: int = 2000
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.init_scale) and self.init_scale > 0):
+            raise ValueError(f"GradScaler: init_scale must be a positive finite number, got {self.init_scale}")
+        if not self.growth_factor > 1.0:
+            raise ValueError(f"GradScaler: growth_factor must be > 1.0, got {self.growth_factor}")
+        if not 0.0 < self.backoff_factor < 1.0:
+            raise ValueError(f"GradScaler: backoff_factor must be in (0, 1), got {self.backoff_factor}")
+        if isinstance(self.growth_interval, bool) or not isinstance(self.growth_interval, int) \
+                or self.growth_interval < 1:
+            raise ValueError(f"GradScaler: growth_interval must be a positive integer, got {self.growth_interval}")
+
+    def init(self) -> LossScaleState:
+        return LossScaleState(jnp.asarray(np.float32(self.init_scale)), jnp.zeros((), jnp.int32))
+
+    def scale(self, loss: jax.Array, state: LossScaleState) -> jax.Array:
+        """``scaler.scale(loss)``: ``loss * scale``."""
+        return loss * state.scale.astype(loss.dtype)
+
+    def unscale(self, grads: Any, state: LossScaleState) -> tuple[Any, jax.Array]:
+        """``scaler.unscale_(optimizer)``: ``(grads * (1 / scale), found_inf)``."""
+        inverse = (1.0 / state.scale.astype(_wide())).astype(jnp.float32)
+        found_inf = jnp.logical_not(all_finite(grads))
+        return jax.tree.map(lambda g: g * inverse.astype(g.dtype), grads), found_inf
+
+    def update(self, state: LossScaleState, found_inf: jax.Array) -> LossScaleState:
+        """``scaler.update()`` after a step that did (``found_inf``) or did not overflow."""
+        scale = state.scale.astype(_wide())
+        backed_off = (scale * self.backoff_factor).astype(jnp.float32)
+        grown = (scale * self.growth_factor).astype(jnp.float32)
+        successful = state.growth_tracker + 1
+        grow = jnp.logical_and(jnp.logical_not(found_inf), successful == self.growth_interval)
+        new_scale = jnp.where(found_inf, backed_off,
+                              jnp.where(jnp.logical_and(grow, jnp.isfinite(grown)), grown, state.scale))
+        tracker = jnp.where(jnp.logical_or(found_inf, grow), jnp.zeros_like(successful), successful)
+        return LossScaleState(new_scale, tracker)
+
+
+@dataclasses.dataclass(frozen=True)
+class MixedPrecision:
+    """What ``with torch.autocast("cpu", dtype): ...`` plus an optional ``GradScaler`` make of a
+    train step: ``dtype`` is ``jnp.bfloat16`` or ``jnp.float16``; ``scaler`` None trains without
+    loss scaling (the usual bfloat16 setup)."""
+
+    dtype: Any
+    scaler: GradScaler | None = None
+
+    def __post_init__(self) -> None:
+        if jnp.dtype(self.dtype) not in {jnp.dtype(d) for d in AUTOCAST_DTYPES.values()}:
+            raise ValueError(f"MixedPrecision: dtype must be one of {', '.join(AUTOCAST_DTYPES)}, got {self.dtype}")
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """Whether every element of every leaf of ``tree`` is finite (a boolean scalar)."""
+    leaves = jax.tree.leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves])) if leaves else jnp.asarray(True)
+
+
+def _is_injected(node: Any) -> bool:
+    fields = getattr(node, "_fields", ())
+    return "hyperparams" in fields and "inner_state" in fields
+
+
+def skip_nonfinite_update(skip: jax.Array, new: Any, old: Any) -> Any:
+    """``old`` where ``skip`` else ``new``, leaf by leaf, except that every
+    ``optax.inject_hyperparams`` state takes all but its ``inner_state`` from ``new`` (its update
+    counter, hyperparameters and schedule states): a skipped ``scaler.step(optimizer)`` leaves the
+    optimizer's state as it was, while the schedule (torch's ``scheduler.step()``) moves on. For
+    parameters, pass the parameter pytrees."""
+
+    def select(new_node: Any, old_node: Any) -> Any:
+        if _is_injected(new_node):
+            return new_node._replace(inner_state=select(new_node.inner_state, old_node.inner_state))
+        if isinstance(new_node, tuple) and hasattr(new_node, "_fields"):
+            return type(new_node)(*(select(n, o) for n, o in zip(new_node, old_node, strict=True)))
+        if isinstance(new_node, (tuple, list)):
+            return type(new_node)(select(n, o) for n, o in zip(new_node, old_node, strict=True))
+        if isinstance(new_node, dict):
+            return {key: select(new_node[key], old_node[key]) for key in new_node}
+        return jax.tree.map(lambda n, o: jnp.where(skip, o, n), new_node, old_node)
+
+    return select(new, old)
