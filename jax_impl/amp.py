@@ -33,9 +33,10 @@ run in float32 silently.
 :class:`LossScaleState` (``scale`` float32, ``growth_tracker`` int32):
 
 * ``scale(loss)`` is ``loss * scale`` in float32;
-* ``unscale(grads)`` multiplies by ``float32(1 / float64(scale))`` (torch takes the reciprocal in
-  double; here in the widest float enabled: exact for torch's power-of-two scales either way)
-  and reports ``found_inf``: any non-finite element among the gradients *before* unscaling;
+* ``unscale(grads)`` multiplies by ``float32(1 / float64(scale))`` as torch does (with x64
+  enabled; without it the reciprocal is a float32 division, the same for power-of-two scales, and
+  XLA flushes the subnormal inverse of a scale above 2**126 to zero) and reports ``found_inf``:
+  any non-finite element among the gradients *before* unscaling;
 * the optimizer step is skipped when ``found_inf`` (:func:`skip_nonfinite_update`): parameters
   and the optimizer's own state (moments, its step count) are kept, while injected schedules
   still advance, as torch's ``scheduler.step()`` still runs after a skipped
@@ -213,9 +214,21 @@ class GradScaler:
 
     def unscale(self, grads: Any, state: LossScaleState) -> tuple[Any, jax.Array]:
         """``scaler.unscale_(optimizer)``: ``(grads * (1 / scale), found_inf)``."""
-        inverse = (1.0 / state.scale.astype(_wide())).astype(jnp.float32)
         found_inf = jnp.logical_not(all_finite(grads))
-        return jax.tree.map(lambda g: g * inverse.astype(g.dtype), grads), found_inf
+        wide = _wide()
+        if wide == jnp.float32:
+            inverse = 1.0 / state.scale  # a subnormal inverse (scale > 2**126) is flushed to zero by XLA
+            return jax.tree.map(lambda g: g * inverse.astype(g.dtype), grads), found_inf
+        # torch: inverse = float32(1 / float64(scale)), then a float32 product. XLA flushes float32
+        # subnormals to zero, and the inverse of a scale above 2**126 is one, so both are taken
+        # in float64: the inverse rounded to float32's precision (subnormal spacing included), and
+        # the product, exact in float64, rounded once to float32.
+        inverse = 1.0 / state.scale.astype(wide)
+        tiny = np.finfo(np.float32).tiny  # 2**-126
+        subnormal_step = float(np.finfo(np.float32).smallest_subnormal)  # 2**-149
+        inverse = jnp.where(inverse < tiny, jnp.round(inverse / subnormal_step) * subnormal_step,
+                            inverse.astype(jnp.float32).astype(wide))
+        return jax.tree.map(lambda g: (g.astype(wide) * inverse).astype(g.dtype), grads), found_inf
 
     def update(self, state: LossScaleState, found_inf: jax.Array) -> LossScaleState:
         """``scaler.update()`` after a step that did (``found_inf``) or did not overflow."""

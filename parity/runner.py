@@ -305,6 +305,9 @@ def check_port(
     if accumulate > 1 and closure:
         raise SpecError(f"optimizer {optimizer}: LBFGS evaluates its closure several times per step; "
                         "it cannot accumulate micro-batches")
+    if amp is not None and closure:
+        raise SpecError(f"optimizer {optimizer}: LBFGS evaluates its closure several times per step; "
+                        "mixed precision with a GradScaler does not apply to it")
     if clipping is not None and closure:
         raise SpecError(f"optimizer {optimizer}: LBFGS evaluates its closure several times per step; "
                         "gradient clipping between backward() and step() does not apply to it")

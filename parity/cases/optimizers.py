@@ -138,8 +138,12 @@ SPECIAL = (
           tolerances=_LBFGS_TOLERANCES),
     _case("tolerance_grad", "LBFGS(lr=0.5, max_iter=5, tolerance_grad=1e-2, history_size=10)",
           tolerances=_LBFGS_TOLERANCES),
+    # float64 only: in float32 its step 17 diverges on an AMD EPYC host (parameters 45x the
+    # tolerance, fc1.bias) though not where the case was written: with tolerance_change=1e-4 and
+    # max_eval=6 a termination test is decided by rounding; the other three run in float32
     _case("short_history", "LBFGS(lr=0.5, max_iter=8, max_eval=6, tolerance_change=1e-4, history_size=3)",
-          tolerances=_LBFGS_TOLERANCES),
+          tolerances={key: value for key, value in _LBFGS_TOLERANCES.items() if key[1] == "float64"},
+          float32=False),
 )
 
 #: optimizers checked against torch at the unit level only (tests/parity/test_optim_*.py), each

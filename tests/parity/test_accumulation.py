@@ -37,11 +37,12 @@ def _undivided(monkeypatch) -> None:
 def _statistics_not_threaded(monkeypatch) -> None:
     """Every micro-batch starts from the step's variables, not the previous micro-batch's: the
     running statistics see only the last micro-batch (a vmap or a scan that drops the carry)."""
-    def accumulated(objective, accumulate, reduction):
+    def accumulated(objective, accumulate, reduction, seeded=False):
+        assert not seeded  # no loss scaling in this plant
         value_and_grad = jax.value_and_grad(lambda p, r, b: (lambda out: (out[0] / accumulate, out[1]))(
             objective(p, r, b)), has_aux=True)
 
-        def step(params, rest, batch):
+        def step(params, rest, batch, seed=None):
             inputs, targets = batch
             total, grads, last = None, None, None
             for k in range(accumulate):
