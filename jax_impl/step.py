@@ -25,7 +25,7 @@ from jax_impl.optim import param_group_states
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 Batch = tuple[jax.Array, jax.Array]
 
-__all__ = ["TrainState", "init_train_state", "make_objective", "make_train_step", "make_update_step", "make_eval_step"]
+__all__ = ["TrainState", "init_train_state", "zero_gradients", "make_objective", "make_train_step", "make_update_step", "make_eval_step"]
 
 
 class TrainState(NamedTuple):
@@ -34,17 +34,29 @@ class TrainState(NamedTuple):
     opt_state: optax.OptState
     #: the dynamic loss scale of mixed precision with a GradScaler (jax_impl.amp), else None
     loss_scale: amp_lib.LossScaleState | None = None
+    #: the gradients a loop that forgets ``zero_grad`` carries into the next step (torch's
+    #: ``p.grad``, make_train_step(zero_grad=False)), else None
+    grad_buffer: nnx.State | None = None
 
 
 def init_train_state(model: nnx.Module, tx: optax.GradientTransformation,
-                     amp: amp_lib.MixedPrecision | None = None) -> tuple[nnx.GraphDef, TrainState]:
+                     amp: amp_lib.MixedPrecision | None = None,
+                     zero_grad: bool = True) -> tuple[nnx.GraphDef, TrainState]:
     """Split ``model`` into its graph definition and a :class:`TrainState` (with the loss
-    scale's initial state when ``amp`` has a scaler)."""
+    scale's initial state when ``amp`` has a scaler, and zero gradient buffers for a loop that
+    forgets ``zero_grad``)."""
     if amp is not None:
         amp_lib.check_supported(model)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     loss_scale = amp.scaler.init() if amp is not None and amp.scaler is not None else None
-    return graphdef, TrainState(params, rest, tx.init(params), loss_scale)
+    grad_buffer = None if zero_grad else zero_gradients(params)
+    return graphdef, TrainState(params, rest, tx.init(params), loss_scale, grad_buffer)
+
+
+def zero_gradients(params: nnx.State) -> nnx.State:
+    """Gradient buffers of zeros shaped as ``params``: ``TrainState.grad_buffer`` before a first
+    step (``0 + g`` is ``g`` exactly, as torch's first ``backward()`` into an empty ``p.grad``)."""
+    return jax.tree.map(jnp.zeros_like, params)
 
 
 def _correct(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -62,6 +74,7 @@ def make_train_step(
     accumulate: int = 1,
     accumulate_reduction: str = "mean",
     amp: amp_lib.MixedPrecision | None = None,
+    zero_grad: bool = True,
     jit: bool = True,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, Any]]]:
     """A pure ``train_step(state, (inputs, targets)) -> (state, metrics)``.
@@ -99,7 +112,15 @@ def make_train_step(
     before clipping, the update skipped when they hold an inf or NaN (the schedule still
     advancing) and the scale updated. ``metrics`` then also hold ``found_inf`` and
     ``loss_scale`` (the scale after the update); ``loss`` is the unscaled loss.
+
+    ``zero_grad=False`` reproduces a torch loop that forgets ``optimizer.zero_grad()``: this
+    step's gradients are added to ``state.grad_buffer`` (the gradients the previous update
+    received, after clipping, as they stay in ``p.grad``), the optimizer steps on the sum, and
+    the sum becomes the next step's buffer (:func:`init_train_state` with ``zero_grad=False``).
     """
+    if not zero_grad and (amp is not None or accumulate != 1 or closure):
+        raise ValueError("zero_grad=False (gradients summed across steps) is not combined with mixed precision, "
+                         "accumulation or a closure optimizer")
     if amp is not None and closure:
         raise ValueError("an optimizer that re-evaluates the loss (LBFGS) cannot be combined with mixed precision")
     if amp is not None and loss_fn is None:
@@ -123,6 +144,10 @@ def make_train_step(
                              "init_train_state(model, tx, amp=amp)")
         seed = state.loss_scale.scale if scaler is not None else None
         (loss, (logits, rest)), grads = gradients(state.params, state.rest, batch, seed)
+        if not zero_grad:  # backward() adds to what p.grad still holds
+            if state.grad_buffer is None:
+                raise ValueError("zero_grad=False needs state.grad_buffer: init_train_state(model, tx, zero_grad=False)")
+            grads = jax.tree.map(jnp.add, state.grad_buffer, grads)
         extra = _closure_args(objective, state.rest, batch, loss) if closure else {}
         last_targets = targets[-1] if accumulate != 1 else targets
         found_inf = None
@@ -147,7 +172,7 @@ def make_train_step(
             metrics["lr"] = lr
         if with_grads:
             metrics["grads"] = grads
-        return TrainState(params, rest, opt_state, loss_scale), metrics
+        return TrainState(params, rest, opt_state, loss_scale, None if zero_grad else grads), metrics
 
     return jax.jit(train_step) if jit else train_step
 

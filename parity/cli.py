@@ -101,6 +101,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="GradScaler's backoff_factor")
     amp.add_argument("--growth-interval", type=int, metavar="N", default=defaults.growth_interval,
                      help="GradScaler's growth_interval: steps without inf/NaN before the scale grows")
+    run.add_argument("--forget-zero-grad", dest="zero_grad", action="store_false",
+                     help="the seed's warning: both loops leave out optimizer.zero_grad(), so gradients add up "
+                          "across steps (torch in p.grad, JAX in TrainState.grad_buffer); also runs the correct "
+                          "loop and shows how far each framework departs from it")
     # checkpoints, resume (parity.checkpoints)
     run.add_argument("--checkpoint-dir", metavar="DIR",
                      help="write full checkpoints of both sides after every epoch (DIR/step-NNNNNN/: torch.pt, "
@@ -276,7 +280,7 @@ def _run(args: argparse.Namespace) -> int:
             checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
             stats=args.stats, tensorboard=args.tensorboard, amp=args.amp, grad_scaler=args.grad_scaler,
             init_scale=args.init_scale, growth_factor=args.growth_factor, backoff_factor=args.backoff_factor,
-            growth_interval=args.growth_interval,
+            growth_interval=args.growth_interval, zero_grad=args.zero_grad,
         )
         console = Console()
         if not console.is_terminal:  # a pipe or file: wide enough for the tables, no colour codes

@@ -91,10 +91,10 @@ def step_table(report: ParityReport, limit: int = 30) -> Table:
     table = Table(title=f"Per-step parity ({report.dtype}, {report.mode} mode): max |jax - torch| per stage",
                   title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("step", "epoch", "torch loss", "jax loss", "lr"):
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", min_width=10 if column.endswith("loss") else None)
     scaled = any(_scaler_values(step) for step in report.steps)  # a GradScaler: its scale and skips
     if scaled:
-        table.add_column("loss scale", justify="right")
+        table.add_column("scale", justify="right")
         table.add_column("skip", justify="center")
     for stage in stages:
         table.add_column(_STAGE_HEADERS[stage], justify="right")
@@ -106,7 +106,7 @@ def step_table(report: ParityReport, limit: int = 30) -> Table:
         step = report.steps[index]
         table.add_row(
             str(step.step), str(step.epoch), _fmt(step.torch_loss, ".8f"), _fmt(step.jax_loss, ".8f"),
-            _fmt(step.torch_lr, ".6g"), *(_scaler_cells(step) if scaled else ()),
+            _fmt(step.torch_lr, ".4g" if scaled else ".6g"), *(_scaler_cells(step) if scaled else ()),
             *[_error_cell(step, s) for s in stages],
             Text("ok", style="green") if step.ok else Text("DIFF", style="bold red"),
         )
@@ -127,10 +127,10 @@ def _scaler_cells(step: StepComparison) -> tuple[str, str]:
     scale = values.get(SCALER_STATE[0])
     found = values.get(FOUND_INF)
     if found is None:
-        return _fmt(scale.torch_value if scale else None, ".3g"), ""
+        return _fmt(scale.torch_value if scale else None, ".2g"), ""
     sides = (found.torch_value == 1.0, found.jax_value == 1.0)
     skipped = {(False, False): "", (True, True): "both"}.get(sides, "torch" if sides[0] else "JAX")
-    return _fmt(scale.torch_value if scale else None, ".3g"), skipped
+    return _fmt(scale.torch_value if scale else None, ".2g"), skipped
 
 
 def epoch_table(report: ParityReport) -> Table:
@@ -218,6 +218,30 @@ def render(report: ParityReport, console: Console, *, all_steps: bool = False) -
         console.print(str(report.localization), highlight=False, markup=False)
     for table in stats_tables(report):
         console.print(table)
+    if report.departure:
+        console.print(departure_table(report))
+        last = report.departure[-1]
+        console.print(
+            f"forgetting zero_grad: after {len(report.departure)} steps the loss is {last.torch_loss:.6g} instead of "
+            f"{last.torch_correct_loss:.6g} in torch, {last.jax_loss:.6g} instead of {last.jax_correct_loss:.6g} in "
+            f"JAX; the parameters are {last.torch_parameters:.1%} (torch) and {last.jax_parameters:.1%} (JAX) of "
+            "their scale away from the correct loop's", highlight=False)
+
+
+def departure_table(report: ParityReport, rows: int = 10) -> Table:
+    """A run that forgets ``zero_grad``: each framework's forgetful loop against its correct loop."""
+    table = Table(title="Forgetting zero_grad: each framework against its own correct loop (zero_grad every step)",
+                  title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("step", "torch loss", "correct", "jax loss", "correct", "torch params off", "jax params off"):
+        table.add_column(column, justify="right")
+    steps = report.departure
+    every = max(1, len(steps) // rows)
+    for row in [d for d in steps if d.step % every == 0 or d is steps[-1]]:
+        table.add_row(str(row.step), _fmt(row.torch_loss, ".6f"), _fmt(row.torch_correct_loss, ".6f"),
+                      _fmt(row.jax_loss, ".6f"), _fmt(row.jax_correct_loss, ".6f"),
+                      format(row.torch_parameters, ".2%"), format(row.jax_parameters, ".2%"))
+    table.caption = "params off: the largest |forgetful - correct| of a tensor over its largest |correct| element"
+    return table
 
 
 def stats_tables(report: ParityReport) -> list[Table]:
@@ -334,6 +358,9 @@ def to_json(report: ParityReport) -> dict[str, Any]:
         "localization": _localization_json(report),
         "nonfinite": report.nonfinite,
         "stats": None if report.stats is None else [_stats_json(s) for s in report.stats],
+        "departure_from_correct_loop": None if report.departure is None else [
+            {key: (_number(value) if isinstance(value, float) else value) for key, value in vars(row).items()}
+            for row in report.departure],
         "steps": [_step_json(step) for step in report.steps],
         "epochs": [
             {key: (_number(value) if isinstance(value, float) else value) for key, value in vars(summary).items()}

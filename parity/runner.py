@@ -36,7 +36,8 @@ from jax_impl.checkpoint import leaves_by_path
 from jax_impl.layers import DropoutMask
 from jax_impl.loop import evaluate as jax_evaluate
 from jax_impl.spec import SpecError, parse_call
-from jax_impl.step import TrainState, make_eval_step, make_objective, make_train_step, make_update_step
+from jax_impl.step import (TrainState, make_eval_step, make_objective, make_train_step, make_update_step,
+                           zero_gradients)
 from parity import checkpoints, convert, data
 from parity import stats as debug_stats
 from parity.dropout import HarnessDropout, hand_masks_to_jax
@@ -90,6 +91,9 @@ class ParityReport:
     nonfinite: str | None = None
     #: per-step gradient and activation statistics (``stats=True``)
     stats: list[Any] | None = None
+    #: a run that forgets ``zero_grad``: how far each framework's forgetful loop is from its
+    #: correct loop, per step (:mod:`parity.zero_grad`)
+    departure: list[Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -177,6 +181,7 @@ def check_port(
     on_step: StepObserver | None = None,
     stats: bool = False,
     amp: jax_impl.amp.MixedPrecision | None = None,
+    zero_grad: bool = True,
 ) -> ParityReport:
     """Train ``torch_model`` and ``jax_model`` side by side and compare every step.
 
@@ -234,6 +239,9 @@ def check_port(
         tracker with the optimizer state; the steps are compared with the tolerances of the
         autocast dtype (the report's dtype is then ``"bfloat16"`` or ``"float16"``). The rounding
         reference is off: the low-precision rounding is what those tolerances allow for.
+      zero_grad: False runs both sides as a loop that forgets ``optimizer.zero_grad()``: torch's
+        gradients add up in ``p.grad`` across steps, JAX's in ``TrainState.grad_buffer``
+        (:func:`jax_impl.step.make_train_step`); the gradient stage compares the running sums.
     """
     if mode not in MODES:
         raise SpecError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -251,6 +259,11 @@ def check_port(
     numpy_dtype = DTYPES[dtype][2]
     if amp is not None:
         _check_amp(amp, dtype, loss, jax_model, checkpointing)
+    if not zero_grad:
+        for flag, given in (("mixed precision", amp is not None), ("gradient accumulation", accumulate > 1),
+                            ("checkpoints", checkpointing is not None)):
+            if given:
+                raise SpecError(f"a loop that forgets zero_grad is not combined with {flag}")
     scaler = amp.scaler if amp is not None else None
     with_loss = isinstance(loss, str) and jax_impl.losses.carries_parameters(loss)
     if with_loss:  # the loss's parameters train with the model's, as model.* and criterion.*
@@ -301,10 +314,14 @@ def check_port(
     compared_dtype = jnp.dtype(amp.dtype).name if amp is not None else dtype  # the tolerances' key
     flat_order = convert.FlatOrder.build(converter, params, [n for g in group_names for n in g]) if closure else None
     plateau_states = [plateau.init() for plateau in plateaus] if plateaus else None
-    state = TrainState(params, rest, tx.init(params), scaler.init() if scaler is not None else None)
+    state = TrainState(params, rest, tx.init(params), scaler.init() if scaler is not None else None,
+                       None if zero_grad else zero_gradients(params))
     if accumulate > 1 and closure:
         raise SpecError(f"optimizer {optimizer}: LBFGS evaluates its closure several times per step; "
                         "it cannot accumulate micro-batches")
+    if not zero_grad and closure:
+        raise SpecError(f"optimizer {optimizer}: LBFGS zeroes the gradients inside its closure; a loop that "
+                        "forgets zero_grad does not apply to it")
     if amp is not None and closure:
         raise SpecError(f"optimizer {optimizer}: LBFGS evaluates its closure several times per step; "
                         "mixed precision with a GradScaler does not apply to it")
@@ -314,7 +331,8 @@ def check_port(
     clip = (jax_impl.clip.make_clip(clipping.max_norm, clipping.norm_type, clipping.clip_value)
             if clipping is not None else None)
     train_step = make_train_step(graphdef, jax_loss, tx, with_grads=True, closure=closure, clip=clip,
-                                 accumulate=accumulate, accumulate_reduction=accumulate_reduction, amp=amp)
+                                 accumulate=accumulate, accumulate_reduction=accumulate_reduction, amp=amp,
+                                 zero_grad=zero_grad)
     update_step = make_update_step(tx, objective=make_objective(graphdef, jax_loss) if closure else None,
                                    skip_nonfinite=scaler is not None)
     eval_step = make_eval_step(graphdef, jax_loss)
@@ -365,6 +383,7 @@ def check_port(
                                       from_torch=from_torch, steps_per_epoch=steps_per_epoch, **saved_objects)
         position, state, plateau_states, step = resumed.position, resumed.jax_state, resumed.plateau_states, \
             resumed.position.step
+        applied = step  # no GradScaler with checkpoints: every step taken was applied
         if position.epoch >= len(epochs):
             raise SpecError(f"checkpoint {checkpointing.resume} is at epoch {position.epoch}; this run has only "
                             f"{len(epochs)} epoch(s): give more epochs to continue it")
@@ -398,7 +417,7 @@ def check_port(
                 with _first_step_errors(step, "torch"), HarnessDropout(torch_model, seed, step) as dropout:
                     torch_loss, captured, torch_norm = _torch_step(
                         torch_model, torch_criterion, torch_optimizer, names, torch_batch, clipping,
-                        accumulate_reduction, autocast_dtype, torch_scaler,
+                        accumulate_reduction, autocast_dtype, torch_scaler, zero_grad,
                     )
             except RuntimeError as error:
                 if "cannot be clipped" not in str(error):  # clip_grad_norm_(error_if_nonfinite=True)
@@ -499,6 +518,7 @@ def check_port(
                             flat_order=flat_order, schedule_steps=step,
                         ),
                         _jax_loss_scale(torch_scaler),
+                        None if zero_grad else converter.to_jax(torch_trace.grads, state.params, what="gradients"),
                     )
                 except convert.ConversionError as error:
                     if comparison.ok:
@@ -774,7 +794,8 @@ def _jax_loss_scale(scaler: torch.amp.GradScaler | None) -> jax_impl.amp.LossSca
 
 def _torch_step(model, criterion, optimizer, names, batches, clipping: torch_loop.Clipping | None = None,
                 accumulate_reduction: str = "mean", autocast_dtype: torch.dtype | None = None,
-                scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, dict[str, np.ndarray], float | None]:
+                scaler: torch.amp.GradScaler | None = None,
+                zero_grad: bool = True) -> tuple[torch.Tensor, dict[str, np.ndarray], float | None]:
     """``torch_ref.loop.train_step`` on the one batch of ``batches`` (``accumulation_step`` on
     several); also returns the gradients ``step()`` saw and what ``clip_grad_norm_`` returned
     (the harness clips, with the loop's own :func:`torch_ref.loop.clip_gradients`, where the
@@ -796,7 +817,7 @@ def _torch_step(model, criterion, optimizer, names, batches, clipping: torch_loo
 
     if len(batches) == 1:
         loss, _ = torch_loop.train_step(model, criterion, optimizer, *batches[0], before_step=read_grads,
-                                        autocast_dtype=autocast_dtype, scaler=scaler)
+                                        autocast_dtype=autocast_dtype, scaler=scaler, zero_grad=zero_grad)
     else:
         loss, _ = torch_loop.accumulation_step(model, criterion, optimizer, batches, before_step=read_grads,
                                                reduction=accumulate_reduction, autocast_dtype=autocast_dtype,
@@ -829,8 +850,19 @@ def run(
     """Run the configuration ``spec`` describes (data, models, components) through :func:`check_port`.
 
     ``scheduler_arguments`` adds scheduler arguments a spec string cannot hold (``LambdaLR``'s
-    ``lr_lambda``), given to both sides.
+    ``lr_lambda``), given to both sides. A spec with ``zero_grad=False`` also runs the correct
+    loop and reports the departure from it (:mod:`parity.zero_grad`).
     """
+    arguments = dict(progress=progress, tolerances=tolerances, scheduler_arguments=scheduler_arguments)
+    if not spec.zero_grad:
+        from parity.zero_grad import run_with_departure
+
+        return run_with_departure(spec, _run_once, on_step=on_step, **arguments)
+    return _run_once(spec, on_step=on_step, **arguments)
+
+
+def _run_once(spec: RunSpec, progress: Progress | None, tolerances: Mapping[tuple[str, str], Tolerance] | None,
+              scheduler_arguments: Mapping[str, Any] | None, on_step: StepObserver | None) -> ParityReport:
     dataset = data.load(spec.data, spec.seed)
     torch_model, jax_model = build_models(
         spec.model, input_size=dataset.input_size, num_classes=_model_outputs(spec.loss, dataset.num_classes),
@@ -893,6 +925,7 @@ def _run_port(torch_model, jax_model, spec, epochs, val_batches, dataset, on_ste
         val_batches=val_batches, mode=spec.mode, progress=progress, tolerances=tolerances, seed=spec.seed,
         localize=spec.localize, rounding_reference=spec.rounding_reference, clipping=spec.clipping,
         accumulate=spec.accumulate, accumulate_reduction=spec.accumulate_reduction, amp=spec.mixed_precision,
+        zero_grad=spec.zero_grad,
         config=spec.to_dict() | {"data_name": dataset.name, "train_samples": len(dataset.x_train),
                                  "val_samples": len(dataset.x_val), "input_size": dataset.input_size,
                                  "num_classes": dataset.num_classes},

@@ -90,6 +90,9 @@ class RunSpec:
     growth_factor: float = 2.0
     backoff_factor: float = 0.5
     growth_interval: int = 2000
+    #: False: both loops forget optimizer.zero_grad(), so gradients add up across steps (the
+    #: seed's warning); parity.run then also runs the correct loop and reports the departure
+    zero_grad: bool = True
 
     def __post_init__(self) -> None:
         for key in ("model", "loss", "optimizer", "scheduler"):

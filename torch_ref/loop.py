@@ -65,8 +65,13 @@ def train_step(
     clipping: Clipping | None = None,
     autocast_dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    zero_grad: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step; returns ``(loss, outputs)``.
+
+    ``zero_grad=False`` is the mistake the seed warns about: ``optimizer.zero_grad()`` left
+    out, so ``backward()`` adds this step's gradients to those still in ``p.grad`` (the previous
+    step's, as clipped), and the optimizer steps on the running sum.
 
     ``clipping`` clips the gradients after ``backward()`` (:func:`clip_gradients`).
     ``before_step`` runs after that and before ``optimizer.step()``: the point where gradients
@@ -87,7 +92,8 @@ def train_step(
         if clipping is not None or autocast_dtype is not None or scaler is not None:
             raise ValueError("LBFGS evaluates its closure several times per step; clip and autocast inside the closure")
         return _closure_step(model, criterion, optimizer, inputs, targets, before_step)
-    optimizer.zero_grad()
+    if zero_grad:
+        optimizer.zero_grad()
     with _autocast(autocast_dtype):
         outputs = model(inputs)
         loss = criterion(outputs, targets)

@@ -14,7 +14,7 @@ from parity.spec import RunSpec, parse_call
 __all__ = ["Case", "COMPONENTS", "BASE", "LONG", "float32_cases", "float64_cases"]
 
 #: What a case can be about; each is also the RunSpec field (or property) that names it.
-COMPONENTS = ("optimizer", "scheduler", "loss", "model", "clipping", "accumulation", "amp")
+COMPONENTS = ("optimizer", "scheduler", "loss", "model", "clipping", "accumulation", "amp", "zero_grad")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +37,9 @@ class Case:
         if self.component == "accumulation":
             if self.spec.accumulate < 2:
                 raise ValueError(f"case {self.name}: an accumulation case needs accumulate >= 2")
+        elif self.component == "zero_grad":
+            if self.spec.zero_grad:
+                raise ValueError(f"case {self.name}: a zero_grad case is a loop that forgets it (zero_grad=False)")
         elif getattr(self.spec, self.component) is None:
             raise ValueError(f"case {self.name}: its spec has no {self.component}")
         for key, tolerance in self.tolerances.items():
@@ -55,6 +58,8 @@ class Case:
             return f"accumulate ({self.spec.accumulate_reduction})"
         if self.component == "amp":
             return f"autocast {self.spec.amp}"
+        if self.component == "zero_grad":
+            return "forgotten zero_grad"
         return parse_call(getattr(self.spec, self.component)).name
 
     @property

@@ -69,6 +69,7 @@ def test_case_names_are_unique():
     ("clipping", {"clip_grad_norm_", "clip_grad_value_"}),
     ("accumulation", {"accumulate (mean)", "accumulate (sum)"}),
     ("amp", {f"autocast {name}" for name in jax_impl.amp.AUTOCAST_DTYPES}),
+    ("zero_grad", {"forgotten zero_grad"}),
 ])
 def test_every_supported_name_has_a_case(component, registry):
     covered = {case.covers for case in CASES if case.component == component}
@@ -85,7 +86,8 @@ def test_every_case_names_a_registered_component():
                   "loss": jax_impl.losses.LOSSES, "model": jax_impl.models.MODELS,
                   "clipping": {"clip_grad_norm_", "clip_grad_value_"},
                   "accumulation": {"accumulate (mean)", "accumulate (sum)"},
-                  "amp": {f"autocast {name}" for name in jax_impl.amp.AUTOCAST_DTYPES}}
+                  "amp": {f"autocast {name}" for name in jax_impl.amp.AUTOCAST_DTYPES},
+                  "zero_grad": {"forgotten zero_grad"}}
     unknown = [case.name for case in CASES if case.covers not in registries[case.component]]
     assert not unknown
 

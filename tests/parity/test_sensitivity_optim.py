@@ -16,12 +16,14 @@ import jax_impl.optim
 import jax_impl.schedules
 import parity
 from parity.cases._base import BASE, Case
+from parity.cases.optimizers import _LBFGS_TOLERANCES
 
 DTYPES = ["float64", "float32"]
 
 
-def _case(**changes) -> Case:
-    return Case("plant", "optimizer", dataclasses.replace(BASE, epochs=1, steps_per_epoch=4, **changes))
+def _case(tolerances=None, **changes) -> Case:
+    return Case("plant", "optimizer", dataclasses.replace(BASE, epochs=1, steps_per_epoch=4, **changes),
+                **({"tolerances": tolerances} if tolerances else {}))
 
 
 def _location(report: parity.ParityReport) -> tuple[int, str, str] | None:
@@ -137,7 +139,9 @@ PLANTS = [
           _plateau_patience_plus_one, (2, "lr", "lr")),
     # With the fixed step, torch's 5 iterations evaluate the closure 5 times (none after the
     # last); the port's 4 evaluate it 4 times. The counters come first in L-BFGS's state.
-    Plant("LBFGS one iteration short", _case(optimizer="LBFGS(lr=0.5, max_iter=5, history_size=4)"),
+    # (with the registered L-BFGS cases' tolerances: its float32 iterates compound rounding)
+    Plant("LBFGS one iteration short", _case(optimizer="LBFGS(lr=0.5, max_iter=5, history_size=4)",
+                                             tolerances=_LBFGS_TOLERANCES),
           _lbfgs_one_iteration_short, (0, "optimizer_state", "fc1.weight:func_evals")),
     # Adafactor factors the last two axes: the port's row statistics run over fc1's 64 inputs
     # where torch's run over its 32 outputs; the first factored state differs at step 0.
