@@ -25,7 +25,8 @@ from jax_impl.optim import param_group_states
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 Batch = tuple[jax.Array, jax.Array]
 
-__all__ = ["TrainState", "init_train_state", "zero_gradients", "make_objective", "make_train_step", "make_update_step", "make_eval_step"]
+__all__ = ["TrainState", "init_train_state", "zero_gradients", "make_objective", "make_train_step", "make_update_step",
+           "make_eval_step"]
 
 
 class TrainState(NamedTuple):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -60,7 +61,8 @@ def test_readme_lbfgs_example_runs_as_torchs_lbfgs(capsys):
     import torch
 
     namespace: dict = {"__name__": "readme_example"}
-    exec(compile(blocks("python")[2], "README.md", "exec"), namespace)
+    example = next(block for block in blocks("python") if "LBFGS" in block)
+    exec(compile(example, "README.md", "exec"), namespace)
     w = torch.zeros(4, dtype=torch.float32, requires_grad=True)
     optimizer = torch.optim.LBFGS([w], lr=1, max_iter=20, line_search_fn="strong_wolfe")
 
@@ -75,6 +77,27 @@ def test_readme_lbfgs_example_runs_as_torchs_lbfgs(capsys):
     np.testing.assert_allclose(np.asarray(namespace["params"]["w"]), w.detach().numpy(), rtol=1e-6)
     np.testing.assert_allclose(w.detach().numpy(), 1.0, rtol=1e-5)  # 4w^3 + 2w - 6 = 0 at w = 1
     assert "loss" not in capsys.readouterr().err
+
+
+def test_readme_amp_example_runs(capsys):
+    namespace: dict = {"__name__": "readme_example"}
+    exec(compile(blocks("python")[1], "README.md", "exec"), namespace)  # "continuing the example above"
+    capsys.readouterr()
+    example = next(block for block in blocks("python") if "MixedPrecision" in block)
+    exec(compile(textwrap.dedent(example), "README.md", "exec"), namespace)
+    scale, found_inf = capsys.readouterr().out.split()
+    assert float(scale) == 2.0**16 and found_inf == "False"
+
+
+def test_readme_autocast_tolerance_rows_match_the_code():
+    assert "| bfloat16 / float16 (`--amp`) loss | 2u | 0 |" in README
+    assert "| bfloat16 / float16 gradient | 4u | 2u |" in README
+    for name, u in (("bfloat16", 2.0**-8), ("float16", 2.0**-11)):
+        assert (TOLERANCES[("loss", name)].rtol, TOLERANCES[("loss", name)].tensor_rtol) == (2 * u, 0.0)
+        assert (TOLERANCES[("gradient", name)].rtol, TOLERANCES[("gradient", name)].tensor_rtol) == (4 * u, 2 * u)
+        for stage in ("lr", "optimizer_state", "parameters", "buffers"):  # "as float32"
+            tol, f32 = TOLERANCES[(stage, name)], TOLERANCES[(stage, "float32")]
+            assert (tol.rtol, tol.tensor_rtol, tol.atol) == (f32.rtol, f32.tensor_rtol, f32.atol)
 
 
 def test_readme_stateful_example_runs(capsys):
