@@ -102,6 +102,24 @@ def conv_padding(
     return tuple((p, p) for p in _pair(padding))
 
 
+class AutocastConv2d(nnx.Conv):
+    """An ``nnx.Conv`` that computes as torch's ``conv2d`` under CPU autocast when traced inside
+    :func:`jax_impl.amp.autocast` (:func:`jax_impl.amp.conv`), and as ``nnx.Conv`` otherwise."""
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        dtype = amp.autocast_dtype()
+        if dtype is None:
+            return super().__call__(inputs)
+
+        def convolve(x: jax.Array, kernel: jax.Array) -> jax.Array:
+            return jax.lax.conv_general_dilated(
+                x, kernel, window_strides=self.strides, padding=self.padding, rhs_dilation=self.kernel_dilation,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.feature_group_count)
+
+        bias = self.bias[...] if self.bias is not None else None
+        return amp.conv(inputs, self.kernel[...], bias, dtype, convolve)
+
+
 def Conv2d(
     in_channels: int,
     out_channels: int,
@@ -129,7 +147,7 @@ def Conv2d(
         raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by "
                          f"groups ({groups})")
     kernel_size, stride, dilation = _pair(kernel_size), _pair(stride), _pair(dilation)
-    return nnx.Conv(
+    return AutocastConv2d(
         in_channels,
         out_channels,
         kernel_size,
@@ -200,6 +218,16 @@ class BatchNorm(nnx.Module):
     def __call__(self, x: jax.Array, *, use_running_average: bool | None = None) -> jax.Array:
         if x.shape[-1] != self.num_features:
             raise ValueError(f"BatchNorm expects {self.num_features} channels last, got input {x.shape}")
+        low = amp.autocast_dtype()
+        if low is not None and x.dtype == low:
+            # torch's CPU batch_norm on a low-precision input (autocast leaves it on neither list):
+            # computed in float32 with the float32 parameters and statistics, the output rounded
+            # once to the input's dtype; its input gradient likewise (the backward of the casts)
+            wide = self.mean[...].dtype if self.track_running_stats else jnp.float32
+            return self._normalize(x.astype(wide), use_running_average).astype(low)
+        return self._normalize(x, use_running_average)
+
+    def _normalize(self, x: jax.Array, use_running_average: bool | None) -> jax.Array:
         training = not (self.use_running_average if use_running_average is None else use_running_average)
         axes = tuple(range(x.ndim - 1))  # every axis but the channels
         if training or not self.track_running_stats:

@@ -47,7 +47,7 @@ def init_train_state(model: nnx.Module, tx: optax.GradientTransformation,
     scale's initial state when ``amp`` has a scaler, and zero gradient buffers for a loop that
     forgets ``zero_grad``)."""
     if amp is not None:
-        amp_lib.check_supported(model)
+        amp_lib.check_supported(model, amp.dtype)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     loss_scale = amp.scaler.init() if amp is not None and amp.scaler is not None else None
     grad_buffer = None if zero_grad else zero_gradients(params)

@@ -100,7 +100,8 @@ class HarnessDropout(TorchDispatchMode):
     def _mask(self, name: str, shape: tuple[int, ...], keep: float, dtype: torch.dtype) -> np.ndarray:
         mask = self.masks.get(name)
         if mask is None:
-            numpy_dtype = torch.empty((), dtype=dtype).numpy().dtype
+            # 0 and 1 are exact in every dtype; numpy has no bfloat16 (autocast), so that mask is float32
+            numpy_dtype = np.float32 if dtype == torch.bfloat16 else torch.empty((), dtype=dtype).numpy().dtype
             mask = self.masks[name] = dropout_mask(self.seed, self.step, name, shape, keep, numpy_dtype)
         elif mask.shape != shape:
             raise SpecError(f"torch module {name!r} drew dropout masks of shapes {mask.shape} and {shape} in one "

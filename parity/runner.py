@@ -765,7 +765,7 @@ def _check_amp(amp: jax_impl.amp.MixedPrecision, dtype: str, loss: Any, jax_mode
         raise SpecError("mixed precision needs a torch loss spec (its autocast rule), not a custom loss pair")
     try:
         jax_impl.amp.check_loss(parse_call(loss).name)
-        jax_impl.amp.check_supported(jax_model)
+        jax_impl.amp.check_supported(jax_model, amp.dtype)
     except ValueError as error:
         raise SpecError(str(error)) from None
     if checkpointing is not None:
