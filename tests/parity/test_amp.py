@@ -66,9 +66,10 @@ def _mlp_gradients(dtype: str, two_roundings: bool = False):
 
 
 def _worst(torch_grads, jax_grads) -> tuple[float, float]:
-    """The largest share of differing elements in a tensor, and the largest difference relative
-    to its tensor's largest element."""
-    shares = [np.mean(t != j) for t, j in zip(torch_grads, jax_grads)]
+    """The largest share of differing elements in a tensor (beyond one element: a bias of 8 with
+    one element off is not 12% wrong), and the largest difference relative to its tensor's
+    largest element."""
+    shares = [max(0.0, (np.sum(t != j) - 1) / t.size) for t, j in zip(torch_grads, jax_grads)]
     scaled = [np.max(np.abs(t - j)) / np.max(np.abs(t)) for t, j in zip(torch_grads, jax_grads)]
     return float(max(shares)), float(max(scaled))
 
