@@ -167,10 +167,10 @@ def check_supported(model: nnx.Module, dtype: Any = None) -> None:
     # the layers with a rule, those that compute in their input's dtype exactly (max-pooling,
     # dropout's mask product as torch computes it in that dtype) or that have a rule of their
     # own (BatchNorm), and the models made of them
-    supported = (layers.AutocastLinear, layers.AutocastConv2d, layers.BatchNorm, layers.MaxPool2d, layers.Dropout,
+    supported = (layers.AutocastLinear, layers.TorchConv2d, layers.BatchNorm, layers.MaxPool2d, layers.Dropout,
                  models.SimpleNN, models.CNN)
     for path, module in nnx.iter_modules(model):
-        if isinstance(module, layers.AutocastConv2d) and dtype is not None and jnp.dtype(dtype) == jnp.float16:
+        if isinstance(module, layers.TorchConv2d) and dtype is not None and jnp.dtype(dtype) == jnp.float16:
             where = ".".join(str(p) for p in path)
             raise ValueError(f"mixed precision: {where} (Conv2d) under float16 autocast: torch's CPU float16 "
                              "convolution gradient is not reproduced here (its float32 sums are not rounded once); "

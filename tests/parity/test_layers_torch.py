@@ -251,19 +251,37 @@ CONV_CASES = {
     "valid_d2": dict(kernel_size=3, padding="valid", dilation=(2, 1)),
     "groups2_nobias": dict(kernel_size=3, padding=1, groups=2, bias=False),
     "depthwise_s2": dict(kernel_size=3, stride=2, padding=2, groups=4),
+    # shallow patches (kernel area x input channels <= 27) take jax_impl's patch formulation on CPU
+    "patches_c1_k3_p1": dict(in_channels=1, kernel_size=3, padding=1),
+    "patches_c3_k3_s2_d2": dict(in_channels=3, kernel_size=3, stride=2, padding=(2, 1), dilation=2),
+    "patches_c1_same_k4": dict(in_channels=1, kernel_size=4, padding="same"),
 }
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
-@pytest.mark.parametrize(("case", "dtype"), with_dtypes(CONV_CASES, ["k3_s2_p1", "groups2_nobias"]))
+@pytest.mark.parametrize(("case", "dtype"), with_dtypes(CONV_CASES, ["k3_s2_p1", "groups2_nobias", "patches_c1_k3_p1"]))
 def test_conv2d(case: str, dtype: str):
-    options = CONV_CASES[case]
+    options = dict(CONV_CASES[case])
+    in_channels = options.pop("in_channels", 4)
     _, torch_dtype, jax_dtype = DTYPES[dtype]
     out_channels = 8 if options.get("groups") != 4 else 4
     torch.manual_seed(0)
-    torch_layer = torch.nn.Conv2d(4, out_channels, **options).to(torch_dtype)
-    jax_layer = _abstract(lambda: L.Conv2d(4, out_channels, **options, rngs=nnx.Rngs(0), param_dtype=jax_dtype))
-    compare_pair(torch_layer, jax_layer, [_data((2, 4, 8, 7), dtype)], dtype, jax_fn=_nchw_in(_call))
+    torch_layer = torch.nn.Conv2d(in_channels, out_channels, **options).to(torch_dtype)
+    jax_layer = _abstract(lambda: L.Conv2d(in_channels, out_channels, **options, rngs=nnx.Rngs(0),
+                                           param_dtype=jax_dtype))
+    compare_pair(torch_layer, jax_layer, [_data((2, in_channels, 8, 7), dtype)], dtype, jax_fn=_nchw_in(_call))
+
+
+def test_shallow_convolutions_take_the_patch_formulation_on_cpu(monkeypatch):
+    """The patch path is what the conv cases above exercise for shallow kernels (a planted
+    failure in it must show), and a deep kernel stays on XLA's convolution."""
+    calls = []
+    original = L.conv2d_patches
+    monkeypatch.setattr(L, "conv2d_patches", lambda *a, **k: calls.append(a[1].shape) or original(*a, **k))
+    x = jnp.zeros((2, 8, 8, 1), jnp.float32)
+    L.Conv2d(1, 4, 3, padding=1, rngs=nnx.Rngs(0))(x)
+    L.Conv2d(4, 4, 3, padding=1, rngs=nnx.Rngs(0))(jnp.zeros((2, 8, 8, 4), jnp.float32))
+    assert calls == ([(3, 3, 1, 4)] if jax.default_backend() == "cpu" else [])
 
 
 def test_conv2d_rejects_what_torch_rejects():
