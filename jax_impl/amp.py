@@ -10,16 +10,19 @@
 parameters stay float32 ("master weights"). Measured on torch 2.13 (``tests/parity/test_amp.py``
 checks each rule against torch):
 
-* ``linear`` (and ``matmul``, ``addmm``, convolutions: torch's lower-precision list) casts its
-  input, weight and bias to the autocast dtype and computes ``round(x @ W^T + b)``: products of
-  the rounded operands summed in float32 with the bias, then **one** rounding to the autocast
-  dtype (oneDNN's fused bias; adding the bias after rounding the product differs in about a
-  quarter of the elements). Its backward takes the gradient of the output in the autocast dtype
-  and computes each of ``dx = dy @ W``, ``dW = dy^T @ x`` and ``db = sum(dy)`` the same way
-  (float32 sums, one rounding); ``dW`` and ``db`` then reach the float32 parameters exactly
-  (the backward of the cast). :func:`linear` is that op, as a ``jax.custom_vjp`` whose
-  backward is written out, so it does not depend on how XLA accumulates a low-precision dot.
-* ReLU and other ops on neither list run in their input's dtype (ReLU is exact in any).
+* ``linear`` and ``conv2d`` (torch's lower-precision list) cast input, weight and bias to the
+  autocast dtype and compute ``round(x @ W^T + b)``: products of the rounded operands summed in
+  float32 with the bias, then **one** rounding to the autocast dtype (oneDNN's fused bias;
+  adding the bias after rounding the product differs in about a quarter of the elements). The
+  backward takes the output's gradient in the autocast dtype and computes each operand's
+  gradient the same way (float32 sums, one rounding), then casts it exactly to the operand's
+  dtype (the backward of autocast's cast). :func:`lower_precision` makes such an op, as a
+  ``jax.custom_vjp`` whose backward is written out, so it does not depend on how XLA accumulates
+  a low-precision dot; :func:`linear` and :func:`conv` are the two in use. torch's float16
+  convolution does not round its weight gradient so (:func:`check_supported` refuses it).
+* ``batch_norm`` is on neither list: on a low-precision input torch computes it in float32 with
+  the float32 parameters and statistics and rounds the output once (``jax_impl.layers.BatchNorm``).
+* ReLU, max-pooling and dropout run in their input's dtype (exact, dropout's scale rounded to it).
 * The losses are on torch's float32 list: the low-precision model outputs are cast to float32
   and the loss is computed there (:data:`FLOAT32_LOSSES`); their gradient is rounded back to
   the autocast dtype by the cast's backward.

@@ -138,7 +138,7 @@ class RunSpec:
             if self.dtype != "float32":
                 raise SpecError(f"amp={self.amp} trains float32 parameters under autocast: dtype must be float32, "
                                 f"got {self.dtype}")
-        self.mixed_precision  # checks the GradScaler's arguments
+        _ = self.mixed_precision  # builds the GradScaler: its argument checks raise here
 
     @property
     def mixed_precision(self) -> "jax_impl.amp.MixedPrecision | None":
