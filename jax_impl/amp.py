@@ -65,6 +65,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jax_impl.optim._base import _is_injected, widest_float
+
 __all__ = ["AUTOCAST_DTYPES", "FLOAT32_LOSSES", "autocast", "autocast_dtype", "lower_precision", "linear", "conv",
            "check_supported",
            "GradScaler", "LossScaleState", "MixedPrecision", "all_finite", "skip_nonfinite_update"]
@@ -204,10 +206,6 @@ class LossScaleState(NamedTuple):
     growth_tracker: jax.Array  # int32: consecutive steps without inf/NaN
 
 
-def _wide() -> Any:
-    return jnp.result_type(float)  # float64 under x64, else float32
-
-
 @dataclasses.dataclass(frozen=True)
 class GradScaler:
     """``torch.amp.GradScaler("cpu", init_scale, growth_factor, backoff_factor, growth_interval)``
@@ -239,7 +237,7 @@ class GradScaler:
     def unscale(self, grads: Any, state: LossScaleState) -> tuple[Any, jax.Array]:
         """``scaler.unscale_(optimizer)``: ``(grads * (1 / scale), found_inf)``."""
         found_inf = jnp.logical_not(all_finite(grads))
-        wide = _wide()
+        wide = widest_float()
         if wide == jnp.float32:
             inverse = 1.0 / state.scale  # a subnormal inverse (scale > 2**126) is flushed to zero by XLA
             return jax.tree.map(lambda g: g * inverse.astype(g.dtype), grads), found_inf
@@ -256,7 +254,7 @@ class GradScaler:
 
     def update(self, state: LossScaleState, found_inf: jax.Array) -> LossScaleState:
         """``scaler.update()`` after a step that did (``found_inf``) or did not overflow."""
-        scale = state.scale.astype(_wide())
+        scale = state.scale.astype(widest_float())
         backed_off = (scale * self.backoff_factor).astype(jnp.float32)
         grown = (scale * self.growth_factor).astype(jnp.float32)
         successful = state.growth_tracker + 1
@@ -285,11 +283,6 @@ def all_finite(tree: Any) -> jax.Array:
     """Whether every element of every leaf of ``tree`` is finite (a boolean scalar)."""
     leaves = jax.tree.leaves(tree)
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves])) if leaves else jnp.asarray(True)
-
-
-def _is_injected(node: Any) -> bool:
-    fields = getattr(node, "_fields", ())
-    return "hyperparams" in fields and "inner_state" in fields
 
 
 def skip_nonfinite_update(skip: jax.Array, new: Any, old: Any) -> Any:

@@ -438,7 +438,7 @@ def check_port(
                 hyperparams=torch_hyperparams,
                 grad_norm=torch_norm,
                 found_inf=torch_found_inf,
-                scaler=_torch_scaler_state(torch_scaler),
+                scaler=_scaler_state(_jax_loss_scale(torch_scaler)),
             )
             if torch_scheduler is not None and scheduler_interval == "step":
                 with warnings.catch_warnings():
@@ -482,7 +482,7 @@ def check_port(
                 hyperparams=_scheduled_hyperparams(_jax_param_groups(state.opt_state), numpy_dtype, torch_scheduler),
                 grad_norm=float(metrics["grad_norm"]) if "grad_norm" in metrics else None,
                 found_inf=bool(metrics["found_inf"]) if "found_inf" in metrics else None,
-                scaler=_jax_scaler_state(state.loss_scale),
+                scaler=_scaler_state(state.loss_scale),
             )
             rounding = rounding_errors(torch_trace.grads, reference_grads) if reference_grads else None
             comparison = compare_steps(step, epoch, torch_trace, jax_trace, compared_dtype, mode, tolerances, rounding)
@@ -772,20 +772,16 @@ def _check_amp(amp: jax_impl.amp.MixedPrecision, dtype: str, loss: Any, jax_mode
         raise SpecError("mixed precision with checkpoints: the checkpoints do not hold the GradScaler's state yet")
 
 
-def _torch_scaler_state(scaler: torch.amp.GradScaler | None) -> dict[str, float]:
-    if scaler is None:
-        return {}
-    return dict(zip(SCALER_STATE, (scaler.get_scale(), float(scaler.state_dict()["_growth_tracker"])), strict=True))
-
-
-def _jax_scaler_state(loss_scale: jax_impl.amp.LossScaleState | None) -> dict[str, float]:
+def _scaler_state(loss_scale: jax_impl.amp.LossScaleState | None) -> dict[str, float]:
+    """A GradScaler's state as the trace records it (:data:`~parity.trace.SCALER_STATE`)."""
     if loss_scale is None:
         return {}
     return dict(zip(SCALER_STATE, (float(loss_scale.scale), float(loss_scale.growth_tracker)), strict=True))
 
 
 def _jax_loss_scale(scaler: torch.amp.GradScaler | None) -> jax_impl.amp.LossScaleState | None:
-    """torch's GradScaler state as the JAX train state's ``loss_scale`` (resync)."""
+    """torch's GradScaler state as a :class:`jax_impl.amp.LossScaleState` (traced, and loaded
+    into the JAX state in resync mode)."""
     if scaler is None:
         return None
     return jax_impl.amp.LossScaleState(jnp.asarray(np.float32(scaler.get_scale())),

@@ -68,6 +68,8 @@ def run_with_departure(spec: Any, run_once: Callable[..., Any], on_step: Callabl
                 on_step(comparison, torch_trace, jax_trace)
         return record
 
+    progress = arguments.pop("progress", None)  # one progress over both runs: twice the steps
+    arguments["progress"] = None if progress is None else lambda comparison, total: progress(comparison, 2 * total)
     report = run_once(spec, on_step=recorder(False), **arguments)
     correct = run_once(dataclasses.replace(spec, zero_grad=True), on_step=recorder(True), **arguments)
     steps = min(len(traces[False]), len(traces[True]))

@@ -273,8 +273,8 @@ def test_conv2d(case: str, dtype: str):
 
 
 def test_shallow_convolutions_take_the_patch_formulation_on_cpu(monkeypatch):
-    """The patch path is what the conv cases above exercise for shallow kernels (a planted
-    failure in it must show), and a deep kernel stays on XLA's convolution."""
+    """The conv cases above go through the patch path for shallow kernels (so their comparison
+    with torch covers it), and a deep kernel stays on XLA's convolution."""
     calls = []
     original = L.conv2d_patches
     monkeypatch.setattr(L, "conv2d_patches", lambda *a, **k: calls.append(a[1].shape) or original(*a, **k))
