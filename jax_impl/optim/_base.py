@@ -221,17 +221,27 @@ def set_hyperparam(opt_state: Any, name: str, values: Sequence[Any]) -> Any:
 # correctly rounded).
 
 
+def _size(*arrays: Any) -> int:
+    """The number of elements of the arrays' broadcast shape."""
+    return math.prod(jnp.broadcast_shapes(*(jnp.shape(x) for x in arrays)))
+
+
 def fma(a: jax.Array, b: jax.Array, c: jax.Array) -> jax.Array:
     """``a * b + c`` rounded once, to ``c``'s dtype, as torch's CPU kernels compute
     ``addcmul`` (``c + (value * t1) * t2``), ``lerp`` and ``add(alpha=)``.
 
-    XLA on CPU fuses ``a * b + c`` too, but when ``c`` is itself a product it may fuse that
-    one instead. Computed in the widest float enabled: for float32 operands under x64 the
-    product is exact and the sum is rounded to float64, then to float32, which differs from
-    one rounding only in rare halfway cases. For float64 operands it is ``a * b + c`` as XLA
-    fuses it: equal to torch's up to 1 ulp.
+    For float32 arrays of two or more elements it is ``a * b + c``: XLA on CPU contracts it
+    into one FMA (measured: float32 Adam, NAdam, RAdam, RMSprop, ASGD and Adadelta steps
+    bit-identical to torch's). ``c`` must not be a bare product itself, or the compiler may
+    contract that one instead: pass it through :func:`rounded_product`. A single element (the
+    compiler folds scalar code differently) and other dtypes are computed in the widest float
+    enabled: for float32 operands under x64 the product is exact and the sum is rounded to
+    float64, then to float32, which differs from one rounding only in rare halfway cases. For
+    float64 operands it is ``a * b + c`` as XLA fuses it: equal to torch's up to 1 ulp.
     """
     wide = widest_float()
+    if all(jnp.result_type(x) == jnp.float32 for x in (a, b, c)) and _size(a, b, c) > 1:
+        return a * b + c
     return (a.astype(wide) * b.astype(wide) + c.astype(wide)).astype(jnp.result_type(c))
 
 
@@ -240,19 +250,24 @@ def rounded_product(a: jax.Array, b: jax.Array) -> jax.Array:
     (``p.mul_(c)``, or a tensor it then adds to ``p``).
 
     Plain ``a * b + c`` would not do: XLA on CPU fuses a product into the addition that
-    follows (an FMA, one rounding), and LLVM sees through a float64 product of two float32
-    values cast back to float32. So the product is taken in the widest float enabled and
-    rounded by ``lax.reduce_precision`` to ``a``'s precision, which the compiler keeps
-    (subnormal results are zero, as everywhere in XLA on CPU). For float64 operands: ``a * b``,
-    which XLA may fuse, a 1-ulp difference.
+    follows (an FMA, one rounding). LLVM contracts the two whatever stands between them in
+    the HLO (an optimization_barrier or a bitcast round trip on the product: measured, no
+    effect), and it sees through a float64 product of two float32 values cast back to float32.
+    So the product gets an addend of its own, a zero the compiler cannot see: if contracted,
+    ``fma(a, b, 0)`` is the product rounded once, as torch stores it. Measured exact (against
+    numpy's float32 product, inside a larger sum) for every array of two or more elements.
+
+    For a single element the compiler folds that zero away (a quarter of the products then
+    fuse into the following sum), so there, and for dtypes below float32, the product is
+    taken in the widest float enabled and rounded by ``lax.reduce_precision`` to ``a``'s
+    precision, which the compiler keeps (subnormal results are zero, as everywhere in XLA on
+    CPU). That route costs three times as much on large arrays (it turned the float32 Adam
+    update of 203k parameters from 0.15 into 0.48 ms), hence the split. Without x64 a single
+    float32 element has no wider type to round in and may fuse. For float64 operands:
+    ``a * b`` with the opaque zero, which LLVM may still fuse (1 ulp).
     """
     dtype, wide = jnp.result_type(a), widest_float()
-    if dtype == wide:
-        # No wider type to round in (float32 with x64 off, or float64). LLVM contracts a product
-        # and the addition after it into one FMA whatever stands between them in the HLO (an
-        # optimization_barrier or a bitcast round trip on the product: measured, no effect). So
-        # the product gets an addend of its own, a zero the compiler cannot see: if contracted,
-        # fma(a, b, 0) is the product rounded once, as torch stores it.
+    if dtype == wide or (dtype == jnp.float32 and _size(a, b) > 1):
         return a * b + jax.lax.optimization_barrier(jnp.zeros((), dtype))
     info = jnp.finfo(dtype)
     product = a.astype(wide) * b.astype(wide)  # exact for float32 operands
