@@ -9,6 +9,9 @@ timed separately and then ``warmup`` steps run untimed. Before the timing, every
 compared with PyTorch eager's after each step under the tolerances of :mod:`parity.compare`
 (float64: semantic); a mode that differs has no time. The timed float32 run's final difference
 from torch eager is reported as ``drift``, not checked (see the note above :func:`check_modes`).
+Each round also times one large float32 matmul (:func:`matmul_probe`); a step's fraction of
+peak divides its FLOP rate (XLA's count, median step) by that matmul's median rate over the same
+rounds, so that the machine's speed at the time moves both alike.
 
 A mode is one entry of :data:`MODES`: a builder ``build(setup) -> Runner`` (a step callable, a
 sync, and a reader of its parameters under torch's names). The lead adds the NNX modes there.
@@ -350,6 +353,9 @@ class ModeResult:
     ratio: float | None = None  # torch eager's median / this median: above 1 is faster
     flops: float | None = None  # XLA's count for the jitted step
     peak_fraction: float | None = None
+    #: the matmul rate the fraction divides by: its median over the case's own rounds (or the
+    #: run's peak where the rounds timed no matmul)
+    peak_gflops: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -371,8 +377,9 @@ def step_flops(setup: Setup) -> float | None:
     return float(flops) if flops is not None else None
 
 
-def peak_matmul_rate(size: int = 2048, repeats: int = 5) -> dict[str, float]:
-    """GFLOP/s of a ``size`` x ``size`` float32 matmul, best of ``repeats`` in JAX and in torch."""
+def matmul_probe(size: int = 2048) -> Callable[[], dict[str, float]]:
+    """A function that times one ``size`` x ``size`` float32 matmul in JAX and one in torch
+    (compiled and warmed up here) and returns their rates, ``{"jax": GFLOP/s, "torch": GFLOP/s}``."""
     flops = 2.0 * size**3
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((2, size, size), dtype=np.float32)
@@ -381,15 +388,28 @@ def peak_matmul_rate(size: int = 2048, repeats: int = 5) -> dict[str, float]:
     matmul(jax_a, jax_b).block_until_ready()
     torch_a, torch_b = torch.from_numpy(a), torch.from_numpy(b)
     torch.matmul(torch_a, torch_b)
-    best = {"jax": np.inf, "torch": np.inf}
-    for _ in range(repeats):  # interleaved
+
+    def probe() -> dict[str, float]:
         started = time.perf_counter()
         matmul(jax_a, jax_b).block_until_ready()
-        best["jax"] = min(best["jax"], time.perf_counter() - started)
+        jax_seconds = time.perf_counter() - started
         started = time.perf_counter()
         torch.matmul(torch_a, torch_b)
-        best["torch"] = min(best["torch"], time.perf_counter() - started)
-    rates = {f"{side}_gflops": flops / seconds / 1e9 for side, seconds in best.items()}
+        torch_seconds = time.perf_counter() - started
+        return {"jax": flops / jax_seconds / 1e9, "torch": flops / torch_seconds / 1e9}
+
+    return probe
+
+
+def peak_matmul_rate(size: int = 2048, repeats: int = 5,
+                     probe: Callable[[], dict[str, float]] | None = None) -> dict[str, float]:
+    """GFLOP/s of a ``size`` x ``size`` float32 matmul, best of ``repeats`` in JAX and in torch."""
+    probe = probe or matmul_probe(size)
+    best = {"jax": 0.0, "torch": 0.0}
+    for _ in range(repeats):  # interleaved
+        for side, rate in probe().items():
+            best[side] = max(best[side], rate)
+    rates = {f"{side}_gflops": rate for side, rate in best.items()}
     return rates | {"peak_gflops": max(rates.values()), "size": float(size)}
 
 
@@ -452,9 +472,15 @@ def check_modes(case: BenchCase, config: BenchConfig,
 
 
 def bench_case(case: BenchCase, config: BenchConfig, peak_gflops: float,
-               progress: Callable[[str], None] | None = None) -> list[ModeResult]:
+               progress: Callable[[str], None] | None = None,
+               probe: Callable[[], dict[str, float]] | None = None) -> list[ModeResult]:
     """All modes of one case: the float64 check (:func:`check_modes`), then the timing in
-    ``config.dtype``, interleaved; see the module docstring."""
+    ``config.dtype``, interleaved; see the module docstring.
+
+    With ``probe`` (:func:`matmul_probe`) every round also times one large matmul, and each
+    mode's fraction of peak divides by that matmul's median rate over the case's rounds (the
+    better of JAX and torch), so that a slower or faster spell of the machine moves the step and
+    the peak alike; without it, by ``peak_gflops``."""
     checked = check_modes(case, config, progress)
     setup = make_setup(case, seed=config.seed, dtype=config.dtype)
     runners: dict[str, Runner] = {}
@@ -472,6 +498,7 @@ def bench_case(case: BenchCase, config: BenchConfig, peak_gflops: float,
         runner.sync()
         runners[name] = runner
     times: dict[str, list[float]] = {name: [] for name in config.modes}
+    round_peaks: list[float] = []
     index = 1 + config.warmup
     for round_index in range(config.rounds):
         if progress:
@@ -482,7 +509,11 @@ def bench_case(case: BenchCase, config: BenchConfig, peak_gflops: float,
                 runner.step(index + offset)
                 runner.sync()
                 times[name].append(time.perf_counter() - started)
+        if probe is not None:
+            round_peaks.append(max(probe().values()))
         index += config.steps_per_round
+    if round_peaks:
+        peak_gflops = statistics.median(round_peaks)
     flops = step_flops(setup)
     final_reference = _copy(runners[REFERENCE].torch_params())
     reference_ms = statistics.median(times[REFERENCE]) * 1e3
@@ -498,6 +529,7 @@ def bench_case(case: BenchCase, config: BenchConfig, peak_gflops: float,
             median_ms=median_ms,
             ratio=reference_ms / median_ms if median_ms else None, flops=flops,
             peak_fraction=(flops / (median_ms * 1e-3) / (peak_gflops * 1e9)) if median_ms and flops else None,
+            peak_gflops=peak_gflops,
         ))
     return results
 
@@ -505,10 +537,11 @@ def bench_case(case: BenchCase, config: BenchConfig, peak_gflops: float,
 def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None) -> BenchResult:
     if progress:
         progress("peak matmul rate")
-    peak = peak_matmul_rate(config.matmul_size)
+    probe = matmul_probe(config.matmul_size)
+    peak = peak_matmul_rate(config.matmul_size, probe=probe)
     results: list[ModeResult] = []
     for case in config.cases:
-        results.extend(bench_case(case, config, peak["peak_gflops"], progress))
+        results.extend(bench_case(case, config, peak["peak_gflops"], progress, probe))
     as_dict = dataclasses.asdict(config) | {"steps_per_mode": config.steps}
     return BenchResult(tuple(results), peak["peak_gflops"], peak, environment(), as_dict)
 
@@ -607,6 +640,11 @@ def render(result: BenchResult, console, pool: dict[str, dict[str, float]] | Non
                       _fmt(100 * row.peak_fraction if row.peak_fraction else None, ".1f"),
                       f"ok ({row.drift:.0e})" if row.parity_ok else f"[red]DIFFERS: {row.parity}[/]")
     console.print(table)
+    round_peaks = {row.case: row.peak_gflops for row in result.results if row.peak_gflops}
+    if round_peaks:
+        console.print("% of peak: the step's FLOP rate over the matmul rate measured in the same rounds (median of "
+                      "one matmul per round, the better of JAX and torch): "
+                      + ", ".join(f"{case} {rate:.1f}" for case, rate in round_peaks.items()) + " GFLOP/s")
     if pool:
         pool_table = Table(title="MaxPool2d(2) formulations (interleaved; median ms)")
         pool_table.add_column("what")

@@ -55,6 +55,19 @@ def test_a_mode_that_trains_differently_is_reported_and_not_timed(monkeypatch):
     assert tensor in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"), planted.parity
 
 
+def test_the_fraction_of_peak_divides_by_the_matmul_rate_of_the_same_rounds():
+    """With a probe, each round times one matmul; the fraction divides by the median over the
+    rounds of the better side's rate (here a probe returning known rates: 50, 300, 100)."""
+    rates = iter([{"jax": 50.0, "torch": 10.0}, {"jax": 20.0, "torch": 300.0}, {"jax": 100.0, "torch": 90.0}])
+    case = bench.QUICK_CASES[0]
+    config = bench.BenchConfig(cases=(case,), modes=("torch eager", "jax.jit"), **dict(FEW, rounds=3))
+    results = _by_mode(bench.bench_case(case, config, peak_gflops=1e6, probe=lambda: next(rates)))
+    row = results["jax.jit"]
+    assert row.peak_gflops == 100.0
+    assert row.peak_fraction == pytest.approx(row.flops / (row.median_ms * 1e-3) / 100e9)
+    assert next(rates, None) is None  # one matmul per round, no more
+
+
 def test_the_tiled_max_pool_is_what_the_cnn_step_traces():
     """The benchmark's CNN step goes through the tiled max-pool (no select-and-scatter in its
     compiled gradient); the former formulation, swapped in, does use one."""
@@ -71,6 +84,7 @@ def test_parity_bench_quick_runs(tmp_path, capsys):
     assert main(["bench", "--quick", "--json", str(json_path), "--plot", str(plot_path)]) == 0
     out = capsys.readouterr().out
     assert "SimpleNN b64 SGD" in out and "jax.jit" in out and "peak float32 matmul" in out
+    assert "over the matmul rate measured in the same rounds" in out
     written = json.loads(json_path.read_text())
     assert {row["mode"] for row in written["results"]} == {"torch eager", "torch fused", "jax.jit", "jax eager",
                                                            "nnx.jit", "nnx split once"}
