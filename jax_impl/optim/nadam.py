@@ -117,7 +117,8 @@ def nadam(
             lambda m, g: _lerp(m, g, scalar(1 - b1, g)), state.exp_avg, grads
         )
         exp_avg_sq = jax.tree.map(  # torch: v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            lambda v, g: fma(rounded_product(g, scalar(1 - b2, g)), g, rounded_product(v, scalar(b2, v))), state.exp_avg_sq, grads
+            lambda v, g: fma(rounded_product(g, scalar(1 - b2, g)), g, rounded_product(v, scalar(b2, v))),
+            state.exp_avg_sq, grads,
         )
 
         def delta(g, m, v, p):
