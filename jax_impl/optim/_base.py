@@ -276,6 +276,14 @@ def rounded_product(a: jax.Array, b: jax.Array) -> jax.Array:
     return jax.lax.reduce_precision(product, info.nexp, info.nmant).astype(dtype)
 
 
+def square_average(average: jax.Array, x: jax.Array, decay: Any, weight: Any) -> jax.Array:
+    """torch's ``average.mul_(decay).addcmul_(x, x, value=weight)``, the running average of
+    squares of Adam, NAdam, RAdam, RMSprop and Adadelta: ``average * decay`` rounded on its own,
+    then ``(weight * x) * x`` added with one rounding (its CPU kernel's FMA). ``decay`` and
+    ``weight`` are cast to the tensors' dtype first, as torch casts a Python scalar."""
+    return fma(rounded_product(x, scalar(weight, x)), x, rounded_product(average, scalar(decay, average)))
+
+
 def divide(x: jax.Array, divisor: jax.Array) -> jax.Array:
     """``x / divisor`` for a scalar ``divisor``, rounded once, as torch divides a tensor by a
     Python number (cast to the tensor's dtype first, as :func:`scalar` does).

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jax_impl.optim._base import PyTree, check_lr, fma, rounded_product, scalar, widest_float
+from jax_impl.optim._base import PyTree, check_lr, fma, scalar, square_average, widest_float
 
 
 class AdadeltaState(NamedTuple):
@@ -57,7 +57,7 @@ def adadelta(
             return fma(scalar(weight_decay, g), p, g)
 
         def running_square(avg, x):  # torch: avg.mul_(rho).addcmul_(x, x, value=1 - rho)
-            return fma(scalar(one_minus_rho, x) * x, x, rounded_product(avg, scalar(rho, avg)))
+            return square_average(avg, x, rho, one_minus_rho)
 
         grads = jax.tree.map(gradient, updates, params)
         square_avg = jax.tree.map(running_square, state.square_avg, grads)

@@ -11,10 +11,10 @@ import optax
 from jax_impl.optim._base import (
     PyTree,
     check_lr,
-    fma,
     one_minus_power,
     rounded_product,
     scalar,
+    square_average,
     static_betas,
     widest_float,
 )
@@ -94,12 +94,8 @@ def adam(
         exp_avg = jax.tree.map(
             lambda m, g: _lerp(m, g, scalar(1 - b1, g)), state.exp_avg, grads
         )
-        # torch: v.mul_(beta2).addcmul_(g, g, value=1 - beta2): the product v * beta2 rounded on
-        # its own, then ((1 - beta2) * g) * g added with one rounding (its CPU kernel's FMA)
-        exp_avg_sq = jax.tree.map(
-            lambda v, g: fma(rounded_product(g, scalar(1 - b2, g)), g, rounded_product(v, scalar(b2, v))),
-            state.exp_avg_sq, grads,
-        )
+        # torch: v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        exp_avg_sq = jax.tree.map(lambda v, g: square_average(v, g, b2, 1 - b2), state.exp_avg_sq, grads)
         max_exp_avg_sq = state.max_exp_avg_sq
         second = exp_avg_sq
         if amsgrad:

@@ -11,10 +11,10 @@ import optax
 from jax_impl.optim._base import (
     PyTree,
     divide,
-    fma,
     one_minus_power,
     rounded_product,
     scalar,
+    square_average,
     static_betas,
     widest_float,
 )
@@ -116,10 +116,8 @@ def nadam(
         exp_avg = jax.tree.map(
             lambda m, g: _lerp(m, g, scalar(1 - b1, g)), state.exp_avg, grads
         )
-        exp_avg_sq = jax.tree.map(  # torch: v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            lambda v, g: fma(rounded_product(g, scalar(1 - b2, g)), g, rounded_product(v, scalar(b2, v))),
-            state.exp_avg_sq, grads,
-        )
+        # torch: v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        exp_avg_sq = jax.tree.map(lambda v, g: square_average(v, g, b2, 1 - b2), state.exp_avg_sq, grads)
 
         def delta(g, m, v, p):
             denom = jnp.sqrt(divide(v, scalar(bias_correction2, v))) + scalar(eps, v)

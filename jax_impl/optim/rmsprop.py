@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jax_impl.optim._base import PyTree, check_lr, fma, rounded_product, scalar, widest_float
+from jax_impl.optim._base import PyTree, check_lr, fma, rounded_product, scalar, square_average, widest_float
 
 
 def _lerp(start: jax.Array, end: jax.Array, weight: jax.Array) -> jax.Array:
@@ -82,10 +82,7 @@ def rmsprop(
 
         grads = jax.tree.map(gradient, updates, params)
         # torch: square_avg.mul_(alpha).addcmul_(g, g, value=1 - alpha)
-        square_avg = jax.tree.map(
-            lambda v, g: fma(scalar(one_minus_alpha, g) * g, g, rounded_product(v, scalar(alpha, v))),
-            state.square_avg, grads,
-        )
+        square_avg = jax.tree.map(lambda v, g: square_average(v, g, alpha, one_minus_alpha), state.square_avg, grads)
         grad_avg = state.grad_avg
         if centered:
             grad_avg = jax.tree.map(
